@@ -1,0 +1,1 @@
+"""ClickHouse storage: schema migrations, batched writers and report queries."""

@@ -1,0 +1,1 @@
+"""Stream processing: the pure core (sources, visits, identity, attribution) and its adapters."""

@@ -1,0 +1,1 @@
+"""HTTP edge: collector, snippet, query API, CLI."""
