@@ -1,0 +1,1 @@
+"""Fixtures for clickhouse tests (owned by the clickhouse area)."""

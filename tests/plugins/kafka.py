@@ -1,0 +1,1 @@
+"""Fixtures for kafka tests (owned by the kafka area)."""

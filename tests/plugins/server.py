@@ -1,0 +1,1 @@
+"""Fixtures for server tests (owned by the server area)."""
