@@ -178,6 +178,8 @@ class Output:
     conversions: list[ConversionRow] = field(default_factory=list)
     attributions: list[AttributionRow] = field(default_factory=list)
     identities: list[IdentityRow] = field(default_factory=list)
+    # events the pipeline could not use, with the reason: for the dead-letter log, not ClickHouse
+    rejected: list[tuple[Event, str]] = field(default_factory=list)
 
     def extend(self, other: "Output") -> None:
         self.events.extend(other.events)
@@ -185,6 +187,7 @@ class Output:
         self.conversions.extend(other.conversions)
         self.attributions.extend(other.attributions)
         self.identities.extend(other.identities)
+        self.rejected.extend(other.rejected)
 
     def __len__(self) -> int:
         return (
