@@ -41,10 +41,12 @@ def conversion_kind(hit: Hit, rules: ProjectRules) -> str | None:
 class Person:
     """A person's visits and conversions, and what was last written for them."""
 
-    __slots__ = ("revision", "touches", "conversions", "written_conversions", "written_credits")
+    __slots__ = ("events", "touches", "conversions", "written_conversions", "written_credits")
 
     def __init__(self) -> None:
-        self.revision = 0
+        # Events of all the person's clients: the version of its rows (see Timeline.version).
+        # It grows with every change and a merge sums it, so versions never go back.
+        self.events = 0
         self.touches: dict[str, Touch] = {}
         self.conversions: dict[str, Conversion] = {}
         # conversion_id -> (person_id, visit_id) last written
@@ -53,13 +55,13 @@ class Person:
         self.written_credits: dict[tuple[str, str], tuple] = {}
 
     def __getstate__(self):
-        return (self.revision, self.touches, self.conversions, self.written_conversions, self.written_credits)
+        return (self.events, self.touches, self.conversions, self.written_conversions, self.written_credits)
 
     def __setstate__(self, state) -> None:
-        (self.revision, self.touches, self.conversions, self.written_conversions, self.written_credits) = state
+        (self.events, self.touches, self.conversions, self.written_conversions, self.written_credits) = state
 
     def absorb(self, other: "Person") -> None:
-        self.revision = max(self.revision, other.revision)
+        self.events += other.events
         self.touches.update(other.touches)
         self.conversions.update(other.conversions)
         self.written_conversions.update(other.written_conversions)
@@ -112,7 +114,7 @@ class Pipeline:
                 continue
             by_client.setdefault(f"{event.project_id}:{event.client_id}", []).append(event)
 
-        changed: list[tuple[str, str, Change]] = []  # (project, client, change)
+        changed: list[tuple[str, str, Change, int]] = []  # (project, client, change, new events)
         contacts: list[tuple[str, str, str]] = []  # (project, client, contact node)
         for key, group in by_client.items():
             project_id, client_id = group[0].project_id, group[0].client_id
@@ -140,8 +142,8 @@ class Pipeline:
             state.timelines[key] = timeline  # reassign: a changelogged table needs the write
             if change is None:
                 continue
-            changed.append((project_id, client_id, change))
-            version = timeline.revision
+            changed.append((project_id, client_id, change, len(hits)))
+            version = timeline.version
             for v in change.upserts:
                 out.visits.append(_visit_row(project_id, client_id, v, version, 0))
             for v in change.deletes:
@@ -172,11 +174,12 @@ class Pipeline:
             moved.setdefault(pkey, set()).update(c for c in graph.clients_of(person_id) if c != person_id)
 
         # -- 3. persons -------------------------------------------------------------------------
-        for project_id, client_id, change in changed:
+        for project_id, client_id, change, new_events in changed:
             graph = state.graphs.get(project_id)
             person_id = graph.person_of(client_id) if graph else client_id
             pkey = f"{project_id}:{person_id}"
             person = state.persons.get(pkey) or Person()
+            person.events += new_events
             earliest = _apply(person, client_id, change, self.rules[project_id])
             state.persons[pkey] = person
             if earliest is not None:
@@ -185,10 +188,9 @@ class Pipeline:
         for pkey, since in dirty.items():
             project_id, _, person_id = pkey.partition(":")
             person = state.persons[pkey]
-            person.revision += 1
             _credit(project_id, person_id, person, since, out)
             for client_id in moved.get(pkey, ()):
-                out.identities.append(IdentityRow(project_id, client_id, person_id, person.revision))
+                out.identities.append(IdentityRow(project_id, client_id, person_id, person.events))
             state.persons[pkey] = person
         return out
 
@@ -228,7 +230,7 @@ def _credit(project_id: str, person_id: str, person: Person, since: int, out: Ou
     if not todo:
         return
     history = History(person.touches.values())
-    version = person.revision
+    version = person.events
     for conv in todo:
         written = person.written_conversions.get(conv.conversion_id)
         if written != (person_id, conv.visit_id):

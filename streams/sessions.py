@@ -88,19 +88,25 @@ class Change(NamedTuple):
 class Timeline:
     """All events of one client id, and the visits derived from them."""
 
-    __slots__ = ("hits", "ids", "visits", "revision")
+    __slots__ = ("hits", "ids", "visits")
 
     def __init__(self) -> None:
         self.hits: list[Hit] = []
         self.ids: set[str] = set()
         self.visits: list[Visit] = []
-        self.revision = 0
+
+    @property
+    def version(self) -> int:
+        """Row version of this client's visits: the number of events, so it depends only on
+        the set of events seen, not on how they were batched (replays after a crash may batch
+        differently and must not write older versions)."""
+        return len(self.hits)
 
     def __getstate__(self):
-        return (self.hits, self.visits, self.revision)
+        return (self.hits, self.visits)
 
     def __setstate__(self, state) -> None:
-        self.hits, self.visits, self.revision = state
+        self.hits, self.visits = state
         self.ids = {h.event_id for h in self.hits}
 
     def add(self, new: list[Hit], timeout_ms: int) -> Change | None:
@@ -119,7 +125,6 @@ class Timeline:
                 earliest = hit
         if earliest is None:
             return None
-        self.revision += 1
 
         # Visits that start after `earliest` or contain it are re-derived; earlier ones
         # closed before it and cannot change.
