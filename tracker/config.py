@@ -89,7 +89,10 @@ class Server(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     # Origins other than the project's sites allowed to post (e.g. a staging host).
+    allowed_origins: list[str] = Field(default_factory=list)
     trust_proxy: bool = False  # take the client address from X-Forwarded-For
+    # Drop events from crawlers, scripts and headless browsers; off for browser tests.
+    drop_bots: bool = True
 
 
 class ClickHouse(_Section):

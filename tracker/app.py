@@ -1,0 +1,246 @@
+"""The aiohttp application and the `skvoz run` lifecycle.
+
+``build_app`` wires routes over a ``State`` (config, runtime, store, counters); tests build it
+with a fake runtime. ``serve`` is the embedded default: listen first (so /healthz answers 503
+while starting), then migrate ClickHouse, start the runtime, and flip to ready; on SIGTERM or
+SIGINT stop accepting, drain the runtime, close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from streams.model import Event
+from tracker.config import Config, Project
+from tracker.metrics import Metrics
+
+log = logging.getLogger("skvoz")
+
+# aiohttp's own cap; each route applies its own smaller limit while reading.
+MAX_BODY = 50 * 1024 * 1024
+
+
+class RuntimeLike(Protocol):
+    def submit(self, events: list[Event]) -> None: ...
+    def stats(self) -> dict: ...
+
+
+@dataclass
+class State:
+    cfg: Config
+    runtime: RuntimeLike | None = None
+    store: Any = None  # sink.store.Store
+    ready: bool = False
+    metrics: Metrics = field(default_factory=Metrics)
+    # blocking ClickHouse calls run here so the loop keeps serving /collect
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="skvoz-q"))
+    startup_error: str = ""
+
+    def __post_init__(self) -> None:
+        self.pii_key = self.cfg.pii_key.encode()
+        extra = [_host_of(o) or o.lower() for o in self.cfg.server.allowed_origins]
+        self.extra_hosts = frozenset(h for h in extra if h)
+        self.all_domains = tuple(sorted({s.domain for p in self.cfg.projects for s in p.sites}))
+        self.project_domains = {p.id: tuple(s.domain for s in p.sites) for p in self.cfg.projects}
+
+    def origin_allowed(self, origin: str, project: Project | None) -> bool:
+        """An Origin is allowed when its host is a site domain (or a subdomain of one) of the
+        project (of any project when None: a preflight does not say which site it is for)."""
+        host = _host_of(origin)
+        if not host:
+            return False
+        if host in self.extra_hosts or origin.lower() in self.extra_hosts:
+            return True
+        domains = self.all_domains if project is None else self.project_domains.get(project.id, ())
+        return _host_matches(host, domains)
+
+
+@lru_cache(maxsize=1024)
+def _host_of(origin: str) -> str:
+    """'https://www.Example.com:8443' -> 'www.example.com'; '' when it is not an origin."""
+    scheme, sep, rest = origin.strip().partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest:
+        return ""
+    rest = rest.split("/", 1)[0]
+    if rest.startswith("["):  # IPv6 literal
+        return rest.split("]", 1)[0].lower() + "]"
+    return rest.rsplit(":", 1)[0].lower() if ":" in rest else rest.lower()
+
+
+def _host_matches(host: str, domains: tuple[str, ...]) -> bool:
+    for d in domains:
+        if host == d or host.endswith("." + d):
+            return True
+    return False
+
+
+STATE: web.AppKey[State] = web.AppKey("state", State)
+
+
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str).encode(),
+        status=status, content_type="application/json", headers=headers)
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    """Every failure leaves as JSON: aiohttp's own 404/405 and any unexpected exception."""
+    try:
+        resp = await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        resp = error(e.status, e.reason or "error", path=request.path)
+        for k in ("Allow",):
+            if k in e.headers:
+                resp.headers[k] = e.headers[k]
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        resp = error(500, "internal error")
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    request.app[STATE].metrics.requests.inc(name, str(resp.status))
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    if not st.ready:
+        body = {"status": "failed" if st.startup_error else "starting"}
+        if st.startup_error:
+            body["error"] = st.startup_error
+        return json_response(body, status=503, headers={"Retry-After": "1"})
+    out: dict[str, Any] = {"status": "ok"}
+    if st.runtime is not None:
+        try:
+            stats = st.runtime.stats()
+            out["runtime"] = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+        except Exception as e:  # health must answer even if stats are unwell
+            out["runtime_error"] = str(e)
+    return json_response(out)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    return web.Response(text=st.metrics.render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def build_app(state: State) -> web.Application:
+    from tracker import api, collector
+
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
+    app[STATE] = state
+    state.metrics.add_gauges("skvoz_ready", "1 when the server accepts events",
+                             lambda: {"state": int(state.ready)})
+    state.metrics.add_gauges("skvoz_runtime", "embedded runtime counter",
+                             lambda: state.runtime.stats() if state.runtime else {})
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    collector.add_routes(app)
+    api.add_routes(app)
+    return app
+
+
+# -- skvoz run -------------------------------------------------------------------------------
+
+
+def _start_backend(state: State) -> None:
+    """Blocking: connect + migrate ClickHouse, start the runtime (replays the local log)."""
+    from sink.store import Store
+    from streams.embedded import Runtime
+
+    cfg = state.cfg
+    data = cfg.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    store = Store.connect(cfg.clickhouse.url, data, cfg.clickhouse.database)
+    state.store = store
+    applied = store.migrate()
+    if applied:
+        log.info("migrations applied: %s", ", ".join(map(str, applied)))
+    runtime = Runtime(
+        cfg.rules(), data / "runtime", write=store.write,
+        batch_max_events=cfg.pipeline.batch_max_events,
+        batch_max_ms=cfg.pipeline.batch_max_ms,
+        snapshot_every_s=cfg.pipeline.snapshot_every_s,
+    )
+    runtime.start()
+    state.runtime = runtime
+
+
+def _stop_backend(state: State) -> None:
+    rt, store = state.runtime, state.store
+    if rt is not None:
+        try:
+            rt.stop()  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("runtime stop failed")
+    if store is not None:
+        try:
+            store.close()
+        except Exception:
+            log.exception("store close failed")
+
+
+async def serve(cfg: Config, host: str | None = None, port: int | None = None) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    host = host or cfg.server.host
+    port = cfg.server.port if port is None else port
+    state = State(cfg)
+    app = build_app(state)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        log.error("cannot listen on %s:%s: %s", host, port, e)
+        return 2
+    bound = [a[:2] for a in runner.addresses if isinstance(a, tuple)]
+    log.info("listening on %s", ", ".join(f"http://{h}:{p}" for h, p in bound) or f"{host}:{port}")
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    code = 0
+    try:
+        await loop.run_in_executor(state.executor, _start_backend, state)
+        state.ready = True
+        log.info("ready: data_dir=%s clickhouse=%s", Path(cfg.data_dir).resolve(),
+                 cfg.clickhouse.url or "embedded chdb")
+    except Exception as e:
+        log.exception("startup failed")
+        state.startup_error = f"{type(e).__name__}: {e}"
+        code = 1
+        stop.set()
+    await stop.wait()
+    log.info("shutting down")
+    state.ready = False
+    await runner.cleanup()  # stop accepting, finish in-flight requests
+    await loop.run_in_executor(state.executor, _stop_backend, state)
+    state.executor.shutdown(wait=False, cancel_futures=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return code
