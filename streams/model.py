@@ -8,7 +8,7 @@ as ``_fields`` so writers insert them without a mapping table.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple
 
 EVENT_TYPES = ("pageview", "goal", "form", "call", "deal")
@@ -52,6 +52,17 @@ class Event:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Event":
         return cls(**json.loads(text))
+
+    def to_list(self) -> list:
+        """Positional form for logs: about half the bytes and time of a dict."""
+        return [getattr(self, name) for name in EVENT_FIELDS]
+
+    @classmethod
+    def from_list(cls, values: list) -> "Event":
+        return cls(*values)
+
+
+EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 
 class Source(NamedTuple):
