@@ -177,7 +177,7 @@ def _start_backend(state: State) -> None:
     if applied:
         log.info("migrations applied: %s", ", ".join(map(str, applied)))
     runtime = Runtime(
-        cfg.rules(), data / "runtime", write=store.write,
+        cfg.rules(), data, write=store.write,  # the runtime keeps its log in data/pipeline
         batch_max_events=cfg.pipeline.batch_max_events,
         batch_max_ms=cfg.pipeline.batch_max_ms,
         snapshot_every_s=cfg.pipeline.snapshot_every_s,
