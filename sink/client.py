@@ -100,6 +100,18 @@ def _connect_http(url: str, **kw: Any) -> Client:
         raise SinkConnectionError(f"cannot reach ClickHouse at {shown}: {e}") from e
 
 
+_ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
 def _first_line(e: BaseException) -> str:
+    """The useful part of a driver error: urllib3 buries the OS reason in a long repr."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    if "AUTHENTICATION_FAILED" in text or "Code: 516" in text:
+        return "authentication failed (check the user and password in the URL)"
+    m = _ERRNO_RE.search(text)
+    if m:
+        return m.group(1).strip()
+    if "timed out" in text.lower():
+        return "connection timed out"
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line[:300]
