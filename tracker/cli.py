@@ -112,12 +112,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if action is None:
         print(f"skvoz dev: this dev stack has no {args.action!r} action", file=sys.stderr)
         return 2
-    result = action(state_dir)
-    if args.action == "up" or isinstance(result, dict):
-        for key, value in (result or {}).items():
+    dev_error = getattr(devstack, "DevStackError", None) or RuntimeError
+    try:
+        result = action(state_dir)
+    except dev_error as e:
+        print(f"skvoz dev {args.action}: {e}", file=sys.stderr)
+        return 2
+    if args.action == "status" and isinstance(result, dict):
+        # comments first, so `eval "$(skvoz dev status)"` still only sets variables
+        for name, info in result.items():
+            if isinstance(info, dict) and "running" in info:
+                details = ", ".join(f"{k}={v}" for k, v in info.items()
+                                    if k != "running" and isinstance(v, (str, int)))
+                state = "running" if info["running"] else "stopped"
+                print(f"# {name}: {state}" + (f" ({details})" if details else ""))
+        result = result.get("settings") or {}
+    if isinstance(result, dict):
+        for key, value in result.items():
             print(f"export {key}={shlex.quote(str(value))}")
     elif result is not None:
-        print(result if isinstance(result, str) else repr(result))
+        print(f"# {result}")
+    if args.action == "down":
+        print(f"# dev stack in {state_dir} stopped")
     return 0
 
 
