@@ -46,7 +46,7 @@ MAX_PROPS = 64
 MAX_UA = 512
 
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _BOT_RE = re.compile(
     r"bot\b|bot/|bot-|crawl|spider|slurp|scrap|archiver|facebookexternalhit|headlesschrome"
     r"|phantomjs|electron/.*headless|lighthouse|pagespeed|gtmetrix|pingdom|uptime|monitoring"
@@ -123,9 +123,9 @@ def canonical_uuid(value: Any) -> str | None:
     """Lower-case hyphenated UUID, or None. Fast path for the form browsers already send."""
     if not isinstance(value, str):
         return None
+    if _UUID_RE.match(value):  # the crypto.randomUUID() form: no copy needed
+        return value
     low = value.lower()
-    if _UUID_RE.match(low):
-        return low
     try:
         return str(uuid.UUID(low))
     except ValueError:
