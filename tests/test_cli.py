@@ -171,6 +171,15 @@ def test_run_on_a_busy_port_exits_2(tmp_path):
     assert "cannot listen" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_run_startup_failure_is_a_message(tmp_path):
+    """data_dir is a file: ClickHouse cannot open; exit 1 with the reason, no traceback."""
+    (tmp_path / "blocker").write_text("not a directory")
+    (tmp_path / "skvoz.toml").write_text(GOOD.replace('"./data"', '"./blocker"'))
+    r = skvoz("run", "--port", "0", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "startup failed" in r.stderr and "Traceback" not in r.stderr
+
+
 # -- dev ------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -235,4 +236,5 @@ def test_graceful_stop_and_restart_keeps_data(skvoz_server_factory):
     with urllib.request.urlopen(req) as r:
         rows = json.loads(r.read())["rows"]
     assert [x["visits"] for x in rows if x["source"] == "restart"] == [1]
-    assert server.stop() == 0
+    assert server.stop(sig=signal.SIGINT) == 0  # Ctrl-C is graceful too
+    assert server.log().count("stopped") == 2

@@ -243,7 +243,9 @@ async def serve(cfg: Config, host: str | None = None, port: int | None = None) -
         log.info("ready: data_dir=%s clickhouse=%s", Path(cfg.data_dir).resolve(),
                  cfg.clickhouse.url or "embedded chdb")
     except Exception as e:
-        log.exception("startup failed")
+        # the reason, not a traceback: these are mostly paths, permissions, a busy chdb
+        log.error("startup failed: %s: %s", type(e).__name__, e)
+        log.debug("startup failure", exc_info=True)
         state.startup_error = f"{type(e).__name__}: {e}"
         code = 1
         stop.set()

@@ -122,12 +122,12 @@ class SkvozServer:
                 raise TimeoutError(f"runtime still lagging: {s}")
             time.sleep(0.05)
 
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM and wait: the graceful path."""
+    def stop(self, timeout: float = 60, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM (or SIGINT) and wait: the graceful path."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
