@@ -17,6 +17,7 @@ Steps of one call:
 from __future__ import annotations
 
 import json
+from sys import intern
 from dataclasses import dataclass, field
 
 from .attribution import MODELS, Conversion, History, Touch
@@ -27,6 +28,13 @@ from .sessions import Change, Hit, Timeline, Visit
 from .sources import classify, path_of, query_params
 
 _EVER = -(2**62)
+_SHARE_MAX = 512
+
+
+def _share(text: str) -> str:
+    # URLs without query strings repeat across visitors (the site's pages); long or tagged
+    # ones rarely do, and interning them would only grow the intern table.
+    return intern(text) if len(text) <= _SHARE_MAX and "?" not in text else text
 _NO_SOURCE = Source("")
 
 
@@ -90,9 +98,13 @@ class Pipeline:
     # -- 1. timelines -------------------------------------------------------------------------
     def _hit(self, event: Event, rules: ProjectRules) -> tuple[Hit, EventRow]:
         url = event.url
-        source = classify(url, event.referrer, rules.domains, self._click_ids[rules.project_id])
         params = query_params(url) if "?" in url else {}
-        hit = Hit(event.ts, event.event_id, event.type, event.name, event.site, url, event.referrer, source, event.value, event.currency)
+        source = classify(url, event.referrer, rules.domains, self._click_ids[rules.project_id], params)
+        # Timelines live long: share the repeated strings (page URLs, names) between hits.
+        hit = Hit(
+            event.ts, event.event_id, intern(event.type), intern(event.name), intern(event.site),
+            _share(url), _share(event.referrer), source, event.value, intern(event.currency),
+        )
         row = EventRow(
             event.project_id, event.event_id, event.client_id, event.ts, event.received_at,
             event.type, event.name, event.site, url, path_of(url) if url else "", event.referrer,
@@ -123,10 +135,9 @@ class Pipeline:
             if timeline is None:
                 timeline = Timeline()
             hits = []
-            seen = timeline.ids
             batch_ids: set[str] = set()
             for event in group:
-                if event.event_id in seen or event.event_id in batch_ids:
+                if event.event_id in batch_ids or timeline.has(event.ts, event.event_id):
                     continue
                 batch_ids.add(event.event_id)
                 hit, row = self._hit(event, rules)

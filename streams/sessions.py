@@ -88,11 +88,10 @@ class Change(NamedTuple):
 class Timeline:
     """All events of one client id, and the visits derived from them."""
 
-    __slots__ = ("hits", "ids", "visits")
+    __slots__ = ("hits", "visits")
 
     def __init__(self) -> None:
         self.hits: list[Hit] = []
-        self.ids: set[str] = set()
         self.visits: list[Visit] = []
 
     @property
@@ -107,18 +106,25 @@ class Timeline:
 
     def __setstate__(self, state) -> None:
         self.hits, self.visits = state
-        self.ids = {h.event_id for h in self.hits}
+
+    def has(self, ts: int, event_id: str) -> bool:
+        """Seen before? A replay carries the same id and timestamp; a sorted search is as
+        good as a set here and costs no memory."""
+        hits = self.hits
+        if not hits or (ts, event_id) > (hits[-1].ts, hits[-1].event_id):
+            return False
+        i = bisect_left(hits, (ts, event_id))
+        return i < len(hits) and hits[i].ts == ts and hits[i].event_id == event_id
 
     def add(self, new: list[Hit], timeout_ms: int) -> Change | None:
-        """Add hits (ids not seen before); None when all of them were known."""
+        """Add hits the timeline does not have; None when it had all of them."""
         hits = self.hits
         earliest: Hit | None = None
         for hit in new:
-            if hit.event_id in self.ids:
-                continue
-            self.ids.add(hit.event_id)
-            if not hits or hit >= hits[-1]:
+            if not hits or hit > hits[-1]:
                 hits.append(hit)
+            elif self.has(hit.ts, hit.event_id):
+                continue
             else:
                 insort(hits, hit)
             if earliest is None or hit < earliest:

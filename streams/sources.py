@@ -94,8 +94,19 @@ def host_of(url: str) -> str:
     return host[4:] if host.startswith("www.") else host
 
 
+@lru_cache(maxsize=65536)
+def host_of_cached(url: str) -> str:
+    return host_of(url)
+
+
 def is_internal(host: str, domains: tuple[str, ...]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
+
+
+@lru_cache(maxsize=65536)
+def _internal_source(host: str, domains: tuple[str, ...]) -> Source | None:
+    """The shared Source for a referrer host of the project's own sites, else None."""
+    return Source("internal", host, "internal") if is_internal(host, domains) else None
 
 
 def _match_suffix(host: str, table: dict[str, str]) -> str | None:
@@ -146,23 +157,44 @@ def query_params(url: str) -> dict[str, str]:
 
 
 def path_of(url: str) -> str:
-    try:
-        path = urlsplit(url).path
-    except ValueError:
-        return ""
-    return path or "/"
+    """The path of an absolute URL ('/' when empty); fast: no full URL parse."""
+    i = url.find("://")
+    if i < 0:
+        try:
+            return urlsplit(url).path
+        except ValueError:
+            return ""
+    j = url.find("/", i + 3)
+    if j < 0:
+        return "/"
+    end = len(url)
+    for ch in "?#":
+        k = url.find(ch, j)
+        if k != -1 and k < end:
+            end = k
+    return url[j:end]
 
 
 def _clean(value: str, limit: int = 256) -> str:
     return value.strip()[:limit]
 
 
-def classify(url: str, referrer: str, domains: tuple[str, ...], extra_click_ids: dict[str, tuple[str, str]] | None = None) -> Source:
-    """The traffic source of an event, as if it were the landing of a visit."""
-    ref_host = host_of(referrer) if referrer else ""
-    if ref_host and is_internal(ref_host, domains):
-        return Source("internal", ref_host, "internal")
-    params = query_params(url) if "?" in url else {}
+def classify(
+    url: str,
+    referrer: str,
+    domains: tuple[str, ...],
+    extra_click_ids: dict[str, tuple[str, str]] | None = None,
+    params: dict[str, str] | None = None,
+) -> Source:
+    """The traffic source of an event, as if it were the landing of a visit. ``params`` are
+    the URL's query parameters when the caller has parsed them already."""
+    ref_host = host_of_cached(referrer) if referrer else ""
+    if ref_host:
+        internal = _internal_source(ref_host, domains)
+        if internal is not None:
+            return internal
+    if params is None:
+        params = query_params(url) if "?" in url else {}
     if params:
         click_ids = CLICK_IDS if not extra_click_ids else {**CLICK_IDS, **extra_click_ids}
         utm_source = params.get("utm_source", "").strip().lower()[:128]
