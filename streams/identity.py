@@ -73,6 +73,9 @@ class IdentityGraph:
     members: dict[str, list[str]] = field(default_factory=dict)
     # the person id (smallest client id) of each root
     person: dict[str, str] = field(default_factory=dict)
+    # successful unions = nodes - components: depends only on the set of links, never on
+    # their order, so it versions identity rows
+    unions: int = 0
 
     def _find(self, node: str) -> str:
         parent = self.parent
@@ -121,6 +124,7 @@ class IdentityGraph:
         b = self._add(contact_node)
         if a == b:
             return None
+        self.unions += 1
         pa, pb = self.person[a], self.person[b]
         # union by size keeps finds short; the person id is decided by value, not by size
         if len(self.members[a]) < len(self.members[b]):

@@ -1,33 +1,39 @@
 """The pure pipeline: events in, rows out. No I/O.
 
-``Pipeline.process(events) -> Output`` is deterministic in the *set* of events it has seen:
-whatever the arrival order or batching, the latest version of every row key is the same, and
-an event id seen before changes nothing. Every row carries a version that grows with each
-change of its owner (a client's timeline for visits; a person for conversions, attributions
-and identities), so ClickHouse's ReplacingMergeTree keeps the newest truth.
+Three stages, each a function over its own piece of state, so the same code runs inline here
+(``Pipeline.process``) and inside Faust agents with the state in tables (``streams.faust_app``):
 
-Steps of one call:
-1. group new events by client; each client's timeline re-derives the visits they touch;
-2. contacts on the events join clients into persons (``IdentityGraph``); merged persons pool
-   their visits and conversions;
-3. every person whose visits or conversions changed re-credits the conversions that can be
-   affected (those at or after the earliest change) with every model in ``MODELS``.
+1. ``client_step`` — per client id: the timeline re-derives the visits new events touch; out
+   come event and visit rows and a ``ClientView``: the client's whole current set of visits and
+   conversions, tagged with the client's version (its event count).
+2. ``identity_step`` — per project: contacts on the events join clients into persons
+   (``IdentityGraph``); out come the client's person id, the persons a merge folded in, and
+   identity rows.
+3. ``person_step`` / ``Person.absorb`` — per person: keep, for every client, the view with the
+   highest version, and re-credit the conversions the change can affect with every model.
+
+Because a person keeps whole client views and not deltas, a view applied twice, late or out of
+order changes nothing, and two persons merge by keeping the newer view of each client. Every
+row's version depends only on the set of events seen (a client's event count; the sum of them
+for a person; the number of unions in the identity graph), so however events are ordered,
+batched or replayed, the newest version of every row key is the same.
 """
 
 from __future__ import annotations
 
 import json
 from sys import intern
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .attribution import MODELS, Conversion, History, Touch
 from .identity import IdentityGraph
 from .model import AttributionRow, ConversionRow, Event, EventRow, IdentityRow, Output, Source, VisitRow
 from .rules import ProjectRules
-from .sessions import Change, Hit, Timeline, Visit
+from .sessions import Hit, Timeline, Visit
 from .sources import classify, path_of, query_params
 
-_EVER = -(2**62)
+EVER = -(2**62)
+_NO_SOURCE = Source("")
 _SHARE_MAX = 512
 
 
@@ -35,7 +41,6 @@ def _share(text: str) -> str:
     # URLs without query strings repeat across visitors (the site's pages); long or tagged
     # ones rarely do, and interning them would only grow the intern table.
     return intern(text) if len(text) <= _SHARE_MAX and "?" not in text else text
-_NO_SOURCE = Source("")
 
 
 def conversion_kind(hit: Hit, rules: ProjectRules) -> str | None:
@@ -46,164 +51,95 @@ def conversion_kind(hit: Hit, rules: ProjectRules) -> str | None:
     return None
 
 
-class Person:
-    """A person's visits and conversions, and what was last written for them."""
+class ClientView(NamedTuple):
+    """What the person stage needs of one client, complete as of ``version``."""
 
-    __slots__ = ("events", "touches", "conversions", "written_conversions", "written_credits")
+    project_id: str
+    client_id: str
+    version: int  # the client's event count: grows with every change
+    touches: tuple[Touch, ...]
+    conversions: tuple[Conversion, ...]
+    contacts: tuple[str, ...]  # contact nodes ("p:<hash>", "e:<hash>") on the new events
+
+
+# -- 1. client stage ----------------------------------------------------------------------------
+
+
+class ClientState:
+    """A client's timeline plus its conversions (kept so a view is cheap to build)."""
+
+    __slots__ = ("timeline", "conversions")
 
     def __init__(self) -> None:
-        # Events of all the person's clients: the version of its rows (see Timeline.version).
-        # It grows with every change and a merge sums it, so versions never go back.
-        self.events = 0
-        self.touches: dict[str, Touch] = {}
-        self.conversions: dict[str, Conversion] = {}
-        # conversion_id -> (person_id, visit_id) last written
-        self.written_conversions: dict[str, tuple[str, str]] = {}
-        # (conversion_id, model) -> (person_id, ((visit_id, start, weight), ...)) last written
-        self.written_credits: dict[tuple[str, str], tuple] = {}
+        self.timeline = Timeline()
+        self.conversions: list[Conversion] = []  # sorted by (ts, id)
 
     def __getstate__(self):
-        return (self.events, self.touches, self.conversions, self.written_conversions, self.written_credits)
+        return (self.timeline, self.conversions)
 
     def __setstate__(self, state) -> None:
-        (self.events, self.touches, self.conversions, self.written_conversions, self.written_credits) = state
-
-    def absorb(self, other: "Person") -> None:
-        self.events += other.events
-        self.touches.update(other.touches)
-        self.conversions.update(other.conversions)
-        self.written_conversions.update(other.written_conversions)
-        self.written_credits.update(other.written_credits)
+        self.timeline, self.conversions = state
 
 
-@dataclass
-class State:
-    """Everything the pipeline remembers. Keys are strings so any key-value store can hold it."""
+def _hit(event: Event, rules: ProjectRules, click_ids) -> tuple[Hit, EventRow]:
+    url = event.url
+    params = query_params(url) if "?" in url else {}
+    source = classify(url, event.referrer, rules.domains, click_ids, params)
+    # Timelines live long: share the repeated strings (page URLs, names) between hits.
+    hit = Hit(
+        event.ts, event.event_id, intern(event.type), intern(event.name), intern(event.site),
+        _share(url), _share(event.referrer), source, event.value, intern(event.currency),
+    )
+    row = EventRow(
+        event.project_id, event.event_id, event.client_id, event.ts, event.received_at,
+        event.type, event.name, event.site, url, path_of(url) if url else "", event.referrer,
+        event.title, json.dumps(event.props, ensure_ascii=False) if event.props else "",
+        source.type, params.get("utm_source", ""), params.get("utm_medium", ""),
+        params.get("utm_campaign", ""), params.get("utm_content", ""), params.get("utm_term", ""),
+        source.click_id, event.phone_hash, event.email_hash, event.phone, event.email,
+        event.contact_name, event.value, event.currency,
+    )
+    return hit, row
 
-    timelines: dict[str, Timeline] = field(default_factory=dict)  # "project:client"
-    persons: dict[str, Person] = field(default_factory=dict)  # "project:person"
-    graphs: dict[str, IdentityGraph] = field(default_factory=dict)  # project
 
+def client_step(state: ClientState, events: list[Event], rules: ProjectRules, click_ids=None) -> tuple[Output, ClientView | None]:
+    """Add one client's events (of one project); rows, and its new view if anything changed."""
+    out = Output()
+    timeline = state.timeline
+    hits: list[Hit] = []
+    contacts: list[str] = []
+    batch_ids: set[str] = set()
+    for event in events:
+        if event.event_id in batch_ids or timeline.has(event.ts, event.event_id):
+            continue
+        batch_ids.add(event.event_id)
+        hit, row = _hit(event, rules, click_ids)
+        hits.append(hit)
+        out.events.append(row)
+        if event.phone_hash:
+            contacts.append("p:" + event.phone_hash)
+        if event.email_hash:
+            contacts.append("e:" + event.email_hash)
+    change = timeline.add(hits, rules.visit_timeout_ms) if hits else None
+    if change is None:
+        return out, None
+    project_id, client_id = events[0].project_id, events[0].client_id
+    version = timeline.version
+    for v in change.upserts:
+        out.visits.append(_visit_row(project_id, client_id, v, version, 0))
+    for v in change.deletes:
+        out.visits.append(_visit_row(project_id, client_id, v, version, 1))
 
-class UnknownProject(ValueError):
-    pass
-
-
-class Pipeline:
-    def __init__(self, rules: dict[str, ProjectRules], state: State | None = None) -> None:
-        self.rules = rules
-        self.state = state or State()
-        self._click_ids = {pid: {p: (s, m) for p, s, m in r.click_ids} or None for pid, r in rules.items()}
-
-    # -- 1. timelines -------------------------------------------------------------------------
-    def _hit(self, event: Event, rules: ProjectRules) -> tuple[Hit, EventRow]:
-        url = event.url
-        params = query_params(url) if "?" in url else {}
-        source = classify(url, event.referrer, rules.domains, self._click_ids[rules.project_id], params)
-        # Timelines live long: share the repeated strings (page URLs, names) between hits.
-        hit = Hit(
-            event.ts, event.event_id, intern(event.type), intern(event.name), intern(event.site),
-            _share(url), _share(event.referrer), source, event.value, intern(event.currency),
-        )
-        row = EventRow(
-            event.project_id, event.event_id, event.client_id, event.ts, event.received_at,
-            event.type, event.name, event.site, url, path_of(url) if url else "", event.referrer,
-            event.title, json.dumps(event.props, ensure_ascii=False) if event.props else "",
-            source.type, params.get("utm_source", ""), params.get("utm_medium", ""),
-            params.get("utm_campaign", ""), params.get("utm_content", ""), params.get("utm_term", ""),
-            source.click_id, event.phone_hash, event.email_hash, event.phone, event.email,
-            event.contact_name, event.value, event.currency,
-        )
-        return hit, row
-
-    def process(self, events: list[Event]) -> Output:
-        out = Output()
-        state = self.state
-        by_client: dict[str, list[Event]] = {}
-        for event in events:
-            if event.project_id not in self.rules:
-                out.rejected.append((event, "unknown_project"))
-                continue
-            by_client.setdefault(f"{event.project_id}:{event.client_id}", []).append(event)
-
-        changed: list[tuple[str, str, Change, int]] = []  # (project, client, change, new events)
-        contacts: list[tuple[str, str, str]] = []  # (project, client, contact node)
-        for key, group in by_client.items():
-            project_id, client_id = group[0].project_id, group[0].client_id
-            rules = self.rules[project_id]
-            timeline = state.timelines.get(key)
-            if timeline is None:
-                timeline = Timeline()
-            hits = []
-            batch_ids: set[str] = set()
-            for event in group:
-                if event.event_id in batch_ids or timeline.has(event.ts, event.event_id):
-                    continue
-                batch_ids.add(event.event_id)
-                hit, row = self._hit(event, rules)
-                hits.append(hit)
-                out.events.append(row)
-                if event.phone_hash:
-                    contacts.append((project_id, client_id, "p:" + event.phone_hash))
-                if event.email_hash:
-                    contacts.append((project_id, client_id, "e:" + event.email_hash))
-            if not hits:
-                continue
-            change = timeline.add(hits, rules.visit_timeout_ms)
-            state.timelines[key] = timeline  # reassign: a changelogged table needs the write
-            if change is None:
-                continue
-            changed.append((project_id, client_id, change, len(hits)))
-            version = timeline.version
-            for v in change.upserts:
-                out.visits.append(_visit_row(project_id, client_id, v, version, 0))
-            for v in change.deletes:
-                out.visits.append(_visit_row(project_id, client_id, v, version, 1))
-
-        # -- 2. identity ------------------------------------------------------------------------
-        dirty: dict[str, int] = {}  # "project:person" -> earliest ts whose credit may change
-        moved: dict[str, set[str]] = {}  # "project:person" -> clients that joined it
-        for project_id, client_id, node in contacts:
-            graph = state.graphs.get(project_id)
-            if graph is None:
-                graph = state.graphs[project_id] = IdentityGraph()
-            merged = graph.link(client_id, node)
-            state.graphs[project_id] = graph
-            if merged is None:
-                continue
-            person_id, absorbed = merged
-            pkey = f"{project_id}:{person_id}"
-            person = state.persons.get(pkey) or Person()
-            for old in absorbed:
-                okey = f"{project_id}:{old}"
-                other = state.persons.pop(okey, None)
-                if other is not None:
-                    person.absorb(other)
-                dirty.pop(okey, None)
-            state.persons[pkey] = person
-            dirty[pkey] = _EVER
-            moved.setdefault(pkey, set()).update(c for c in graph.clients_of(person_id) if c != person_id)
-
-        # -- 3. persons -------------------------------------------------------------------------
-        for project_id, client_id, change, new_events in changed:
-            graph = state.graphs.get(project_id)
-            person_id = graph.person_of(client_id) if graph else client_id
-            pkey = f"{project_id}:{person_id}"
-            person = state.persons.get(pkey) or Person()
-            person.events += new_events
-            earliest = _apply(person, client_id, change, self.rules[project_id])
-            state.persons[pkey] = person
-            if earliest is not None:
-                dirty[pkey] = min(dirty.get(pkey, earliest), earliest)
-
-        for pkey, since in dirty.items():
-            project_id, _, person_id = pkey.partition(":")
-            person = state.persons[pkey]
-            _credit(project_id, person_id, person, since, out)
-            for client_id in moved.get(pkey, ()):
-                out.identities.append(IdentityRow(project_id, client_id, person_id, person.events))
-            state.persons[pkey] = person
-        return out
+    # conversions before the re-derived region keep their visits; the region's are re-read
+    first = change.region[0]
+    kept = [c for c in state.conversions if (c.ts, c.conversion_id) < (first.ts, first.event_id)]
+    for hit, visit_id in zip(change.region, change.region_visits):
+        kind = conversion_kind(hit, rules)
+        if kind is not None:
+            kept.append(Conversion(hit.event_id, hit.ts, kind, hit.name, client_id, visit_id, hit.value, hit.currency or rules.currency))
+    state.conversions = kept
+    touches = tuple(Touch(v.start, v.visit_id, v.end, client_id, v.source) for v in timeline.visits)
+    return out, ClientView(project_id, client_id, version, touches, tuple(kept), tuple(contacts))
 
 
 def _visit_row(project_id: str, client_id: str, v: Visit, version: int, deleted: int) -> VisitRow:
@@ -215,36 +151,92 @@ def _visit_row(project_id: str, client_id: str, v: Visit, version: int, deleted:
     )
 
 
-def _apply(person: Person, client_id: str, change: Change, rules: ProjectRules) -> int | None:
-    """Fold a timeline change into the person; the earliest ts whose credit may change."""
-    earliest: int | None = None
-    for v in change.deletes:
-        person.touches.pop(v.visit_id, None)
-        earliest = v.start if earliest is None else min(earliest, v.start)
-    for v in change.upserts:
-        person.touches[v.visit_id] = Touch(v.start, v.visit_id, v.end, client_id, v.source)
-        earliest = v.start if earliest is None else min(earliest, v.start)
-    for hit, visit_id in zip(change.region, change.region_visits):
-        kind = conversion_kind(hit, rules)
-        if kind is None:
+# -- 2. identity stage --------------------------------------------------------------------------
+
+
+class Identified(NamedTuple):
+    person_id: str
+    merges: list[tuple[str, list[str]]]  # (surviving person, persons folded into it)
+    rows: list[IdentityRow]
+
+
+def identity_step(graph: IdentityGraph, view: ClientView) -> Identified:
+    graph.add_client(view.client_id)
+    merges: list[tuple[str, list[str]]] = []
+    rows: list[IdentityRow] = []
+    for node in view.contacts:
+        merged = graph.link(view.client_id, node)
+        if merged is None:
             continue
-        conversion = Conversion(hit.event_id, hit.ts, kind, hit.name, client_id, visit_id, hit.value, hit.currency or rules.currency)
-        if person.conversions.get(hit.event_id) != conversion:
-            person.conversions[hit.event_id] = conversion
-            earliest = hit.ts if earliest is None else min(earliest, hit.ts)
-    return earliest
+        person_id, absorbed = merged
+        merges.append(merged)
+        # every client of the merged person, so no row still names a folded-in person
+        for client_id in sorted(graph.clients_of(person_id)):
+            if client_id != person_id:
+                rows.append(IdentityRow(view.project_id, client_id, person_id, graph.unions))
+    return Identified(graph.person_of(view.client_id), merges, rows)
 
 
-def _credit(project_id: str, person_id: str, person: Person, since: int, out: Output) -> None:
-    """Re-credit the person's conversions at or after ``since``; write what changed."""
-    todo = [c for c in person.conversions.values() if c.ts >= since]
+# -- 3. person stage ----------------------------------------------------------------------------
+
+
+class Person:
+    """A person's clients (their latest views) and what was last written for them."""
+
+    __slots__ = ("clients", "written_conversions", "written_credits")
+
+    def __init__(self) -> None:
+        self.clients: dict[str, ClientView] = {}
+        # conversion_id -> (person_id, visit_id) last written
+        self.written_conversions: dict[str, tuple[str, str]] = {}
+        # (conversion_id, model) -> (person_id, ((visit_id, start, weight), ...)) last written
+        self.written_credits: dict[tuple[str, str], tuple] = {}
+
+    def __getstate__(self):
+        return (self.clients, self.written_conversions, self.written_credits)
+
+    def __setstate__(self, state) -> None:
+        self.clients, self.written_conversions, self.written_credits = state
+
+    @property
+    def version(self) -> int:
+        """Row version: the events of all the person's clients. It grows with every view and
+        with every merge, and depends only on which events were seen."""
+        return sum(v.version for v in self.clients.values())
+
+    def take(self, view: ClientView) -> int | None:
+        """Keep a client's view if it is newer; the earliest ts whose credit may change."""
+        old = self.clients.get(view.client_id)
+        if old is not None and old.version >= view.version:
+            return None
+        self.clients[view.client_id] = view._replace(contacts=())
+        if old is None:
+            changed = [t.start for t in view.touches] + [c.ts for c in view.conversions]
+        else:
+            changed = [t.start for t in set(old.touches).symmetric_difference(view.touches)]
+            changed += [c.ts for c in set(old.conversions).symmetric_difference(view.conversions)]
+        return min(changed, default=None)
+
+    def absorb(self, other: "Person") -> None:
+        """Fold another person in (a merge): per client the newer view wins."""
+        for client_id, view in other.clients.items():
+            mine = self.clients.get(client_id)
+            if mine is None or mine.version < view.version:
+                self.clients[client_id] = view
+        self.written_conversions.update(other.written_conversions)
+        self.written_credits.update(other.written_credits)
+
+
+def person_credit(project_id: str, person_id: str, person: Person, since: int) -> Output:
+    """Re-credit the person's conversions at or after ``since``; rows for what changed."""
+    out = Output()
+    todo = [c for view in person.clients.values() for c in view.conversions if c.ts >= since]
     if not todo:
-        return
-    history = History(person.touches.values())
-    version = person.events
+        return out
+    history = History([t for view in person.clients.values() for t in view.touches])
+    version = person.version
     for conv in todo:
-        written = person.written_conversions.get(conv.conversion_id)
-        if written != (person_id, conv.visit_id):
+        if person.written_conversions.get(conv.conversion_id) != (person_id, conv.visit_id):
             person.written_conversions[conv.conversion_id] = (person_id, conv.visit_id)
             out.conversions.append(
                 ConversionRow(project_id, conv.conversion_id, conv.kind, conv.name, conv.client_id, person_id, conv.ts, conv.visit_id, conv.value, conv.currency, version, 0)
@@ -256,20 +248,86 @@ def _credit(project_id: str, person_id: str, person: Person, since: int, out: Ou
             if before == (person_id, now):
                 continue
             person.written_credits[key] = (person_id, now)
-            kept = {vid for vid, _, _ in now}
             if before is not None:
-                for vid, start, w in before[1]:
+                kept = {vid for vid, _, _ in now}
+                for vid, start, _ in before[1]:
                     if vid not in kept:
-                        out.attributions.append(_credit_row(project_id, model, conv, person_id, vid, start, None, 0.0, version, 1))
+                        out.attributions.append(_credit_row(project_id, model, conv, person_id, vid, start, _NO_SOURCE, 0.0, version, 1))
             for t, w in credits:
                 out.attributions.append(_credit_row(project_id, model, conv, person_id, t.visit_id, t.start, t.source, w, version, 0))
+    return out
 
 
-def _credit_row(project_id, model, conv: Conversion, person_id, visit_id, start, source, weight, version, deleted) -> AttributionRow:
-    s = source or _NO_SOURCE
+def _credit_row(project_id, model, conv: Conversion, person_id, visit_id, start, s: Source, weight, version, deleted) -> AttributionRow:
     return AttributionRow(
         project_id, model, conv.conversion_id, conv.ts, conv.kind, conv.name, person_id,
         visit_id, start, s.type, s.source, s.medium, s.campaign, s.content, s.term,
         weight, weight * conv.value, conv.currency, version, deleted,
     )
 
+
+# -- all three inline ---------------------------------------------------------------------------
+
+
+class State:
+    """Everything the inline pipeline remembers. Keys are strings, as in any key-value store."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, ClientState] = {}  # "project:client"
+        self.persons: dict[str, Person] = {}  # "project:person"
+        self.graphs: dict[str, IdentityGraph] = {}  # project
+
+
+class Pipeline:
+    def __init__(self, rules: dict[str, ProjectRules], state: State | None = None) -> None:
+        self.rules = rules
+        self.state = state or State()
+        self._click_ids = {pid: {p: (s, m) for p, s, m in r.click_ids} or None for pid, r in rules.items()}
+
+    def process(self, events: list[Event]) -> Output:
+        out = Output()
+        state = self.state
+        by_client: dict[str, list[Event]] = {}
+        for event in events:
+            if event.project_id not in self.rules:
+                out.rejected.append((event, "unknown_project"))
+                continue
+            by_client.setdefault(f"{event.project_id}:{event.client_id}", []).append(event)
+
+        views: list[ClientView] = []
+        for key, group in by_client.items():
+            project_id = group[0].project_id
+            client = state.clients.get(key) or ClientState()
+            rows, view = client_step(client, group, self.rules[project_id], self._click_ids[project_id])
+            state.clients[key] = client
+            out.extend(rows)
+            if view is not None:
+                views.append(view)
+
+        dirty: dict[str, int] = {}  # "project:person" -> earliest ts whose credit may change
+        for view in views:
+            graph = state.graphs.get(view.project_id) or IdentityGraph()
+            found = identity_step(graph, view)
+            state.graphs[view.project_id] = graph
+            out.identities.extend(found.rows)
+            for person_id, absorbed in found.merges:
+                pkey = f"{view.project_id}:{person_id}"
+                person = state.persons.get(pkey) or Person()
+                for old in absorbed:
+                    other = state.persons.pop(f"{view.project_id}:{old}", None)
+                    dirty.pop(f"{view.project_id}:{old}", None)
+                    if other is not None:
+                        person.absorb(other)
+                state.persons[pkey] = person
+                dirty[pkey] = EVER
+            pkey = f"{view.project_id}:{found.person_id}"
+            person = state.persons.get(pkey) or Person()
+            since = person.take(view)
+            state.persons[pkey] = person
+            if since is not None:
+                dirty[pkey] = min(dirty.get(pkey, since), since)
+
+        for pkey, since in dirty.items():
+            project_id, _, person_id = pkey.partition(":")
+            out.extend(person_credit(project_id, person_id, state.persons[pkey], since))
+        return out
