@@ -22,7 +22,7 @@ const min = await minify(bundle.outputFiles[0].text, {
   ecma: 2018,
   module: true,
   toplevel: true,
-  compress: { passes: 5, unsafe: true, unsafe_arrows: true, unsafe_methods: true, unsafe_comps: true, pure_getters: true, booleans_as_integers: true },
+  compress: { passes: 5, inline: 1, unsafe: true, unsafe_arrows: true, unsafe_methods: true, unsafe_comps: true, pure_getters: true, booleans_as_integers: true },
   mangle: { toplevel: true },
   format: { ascii_only: false },
 });

@@ -20,7 +20,7 @@ export const cookieDomain = (host) => {
 };
 
 export const loadCid = () => {
-  const c = (document.cookie.match(/skvoz_cid=([\w-]+)/) || [])[1],
+  const c = document.cookie.match(/skvoz_cid=([\w-]+)|$/)[1],
     s = ls("skvoz_cid");
   return VALID.test(c) ? c : VALID.test(s) ? s : "";
 };
@@ -31,5 +31,5 @@ export const saveCid = (id) => {
   if (domain == null) domain = cookieDomain(location.hostname);
   ls("skvoz_cid", id);
   // 400 days: the longest Chromium keeps a cookie.
-  document.cookie = "skvoz_cid=" + id + ";path=/;samesite=lax;max-age=" + (id ? 3456e4 : 0) + domain;
+  document.cookie = "skvoz_cid=" + id + ";path=/;max-age=" + (id ? 3456e4 : 0) + domain;
 };

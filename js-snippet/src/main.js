@@ -1,7 +1,7 @@
 // Entry point: reads the script tag, wires pageviews, goals, forms, cross-domain links and
 // call tracking to the transport, and replaces the queue stub with the real `skvoz`.
 import { ls, safe, stats, uuid } from "./util.js";
-import { VALID, loadCid, saveCid } from "./cid.js";
+import { loadCid, saveCid } from "./cid.js";
 import { adopt, decorate } from "./xdomain.js";
 import { formName, putCid, readForm } from "./forms.js";
 import { pairsOf, watch } from "./phone.js";
@@ -17,7 +17,7 @@ const w = window,
 // A second copy of the tag leaves the first one in charge.
 if (!(stub && stub.v))
   safe(() => {
-    const script = d.currentScript || d.querySelector("script[data-site]"),
+    const script = d.currentScript, // a classic <script>, as in the install line
       attr = (n) => script.getAttribute("data-" + n),
       site = attr("site"),
       base = new URL(".", script.src).href, // the collector serves s.js, so it lives beside it
@@ -26,7 +26,8 @@ if (!(stub && stub.v))
       // The cross-domain parameter leaves the address bar at once, consent or not.
       [clean, adopted] = adopt(loc.href, Date.now()),
       setCid = (id) => saveCid((cid = id)),
-      numbers = (list) => watch(d.documentElement, pairsOf(list)),
+      // Numbers from /calltracking/numbers, or from its cached reply while the ttl lasts.
+      numbers = (j) => j.x > Date.now() && (watch(d.documentElement, pairsOf(j.numbers)), 1),
       ev = (type, extra) => ({ id: uuid(), type, ts: Date.now(), url: loc.href, referrer: ref, title: d.title, ...extra }),
       track = (e, ms) => t && t.push(e, ms),
       pageview = (ms) => track(ev("pageview"), ms),
@@ -41,8 +42,7 @@ if (!(stub && stub.v))
         }
       }),
       start = () => {
-        const id = adopted || loadCid(),
-          c = JSON.parse(ls("skvoz_ct") || 0);
+        const id = adopted || loadCid();
         id && setCid(id);
         t = transport(
           base + "collect",
@@ -50,24 +50,20 @@ if (!(stub && stub.v))
           () => cid,
           (j, first) => {
             // First contact: the collector may know this browser already (its own cookie).
-            first && VALID.test(j.client_id) && setCid(j.client_id);
+            // It always names the visitor in a 202; an error reply has no client_id.
+            first && j.client_id && setCid(j.client_id);
             // After the first confirmed batch the collector knows the visit and its source,
             // so it can pick a number. Anything but 200 leaves the page alone.
             asked ||
               fetch(base + "calltracking/numbers?site=" + site + "&client_id=" + cid)
                 .then((r) => r.status == 200 && r.json())
-                .then(
-                  (j) =>
-                    j &&
-                    t &&
-                    numbers(j.numbers, ls("skvoz_ct", JSON.stringify({ n: j.numbers, x: Date.now() + j.ttl * 1e3 }))),
-                )
+                .then((j) => j && t && numbers(j, ls("skvoz_ct", JSON.stringify(j, (j.x = Date.now() + j.ttl * 1e3)))))
                 .catch(safe);
             asked = 1;
           },
         );
         // Numbers stay valid for their ttl: no flicker and no request on the next pages.
-        if (c && c.x > Date.now()) numbers(c.n, (asked = 1));
+        asked = numbers(JSON.parse(ls("skvoz_ct") || 0));
       };
 
     let cid = "",
@@ -111,10 +107,9 @@ if (!(stub && stub.v))
     const leave = () => t && t.flush(1);
     on(d, "visibilitychange", () => d.hidden && leave());
     on(w, "pagehide", leave);
-    on(w, "online", () => t && t.flush());
 
     const api = (w.skvoz = safe((cmd, a, b) => {
-      if (cmd == "goal") track(ev("goal", { name: "" + a, props: Object(b) }), 1e3);
+      if (cmd == "goal") track(ev("goal", { name: a, props: b }), 1e3);
       if (cmd == "consent") {
         // Granted on this page: it counts as a pageview, landing source included.
         if (a) t || pageview(start());

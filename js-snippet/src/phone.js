@@ -10,16 +10,15 @@ export const pairsOf = (numbers) =>
   numbers.map((n) => [digits(n.original), digits(n.tracking)]).filter((p) => p[0][9] && p[1][9]);
 
 // One digit run: the tracking number written in the run's pattern, or the run unchanged.
-// A run is the original number when their last 10 digits agree (9 for a 9-digit run), so
-// "+7 (495) 123-45-67", "8 495 1234567" and "(495) 123-45-67" all match; the digits before
-// them (country code, trunk prefix) stay as the page wrote them.
+// A run is the original number when their last 10 digits (the national number in RU/KZ)
+// agree, so "+7 (495) 123-45-67", "8 495 1234567" and "(495) 123-45-67" all match; the
+// digits before them (country code, trunk prefix) stay as the page wrote them.
 export const swapRun = (run, pairs) => {
-  const d = digits(run),
-    k = Math.min(d.length, 10);
+  const d = digits(run);
   let i = 0;
   for (const [o, t] of pairs)
-    if (k > 8 && d.slice(-k) == o.slice(-k)) {
-      const r = d.slice(0, -k) + t.slice(-k);
+    if (d[9] && d.slice(-10) == o.slice(-10)) {
+      const r = d.slice(0, -10) + t.slice(-10);
       return run.replace(/\d/g, () => r[i++]);
     }
   return run;
@@ -27,15 +26,14 @@ export const swapRun = (run, pairs) => {
 
 export const swapText = (text, pairs) => text.replace(RUN, (m) => swapRun(m, pairs));
 
-// Text nodes and tel: links in a subtree (the root itself included).
-export const swapIn = (root, pairs) => {
-  const w = document.createTreeWalker(root, 5);
-  for (let n = root, v, h; n; n = w.nextNode())
-    if (n.nodeType == 3) {
-      if (!/^(SCRIPT|STYLE|TEXTAREA)$/.test(n.parentNode.nodeName) && n.data != (v = swapText(n.data, pairs)))
-        n.data = v;
-    } else if (/^tel:/i.test((h = n.getAttribute("href"))) && h != (v = swapText(h, pairs)))
-      n.setAttribute("href", v);
+// Text nodes and tel: links in a subtree (the node itself included); not inside scripts,
+// styles and textareas.
+export const swapIn = (n, pairs, v, h) => {
+  if (n.nodeType == 3) n.data != (v = swapText(n.data, pairs)) && (n.data = v);
+  else if (n.nodeType == 1 && !/^(SCRIPT|STYLE|TEXTAREA)$/.test(n.nodeName)) {
+    /^tel:/i.test((h = n.getAttribute("href"))) && h != (v = swapText(h, pairs)) && n.setAttribute("href", v);
+    n.childNodes.forEach((c) => swapIn(c, pairs));
+  }
 };
 
 // Swaps now and in everything added or changed later (framework re-renders, popups).

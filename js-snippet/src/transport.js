@@ -5,11 +5,12 @@
 import { ls, safe } from "./util.js";
 
 export const LIMIT = 100; // events kept in the outbox; the oldest go first
-export const BATCH = 20; // events per request
+export const BATCH = 20; // events per request: far below the collector's 256 KB even at its field limits
 
-// Retry delay: exponential from 2 s, capped at 5 min, jittered down by up to half so pages
-// recovering together do not hit the collector in step.
-export const backoff = (fails) => Math.min(3e5, 1e3 * 2 ** fails) * (1 - Math.random() / 2);
+// Retry delay: exponential from 2 s, capped at a minute (so a page that was offline catches
+// up soon after the network returns), jittered down by up to half so pages recovering
+// together do not hit the collector in step.
+export const backoff = (fails) => Math.min(6e4, 1e3 * 2 ** fails) * (1 - Math.random() / 2);
 
 // getCid(): the known client id, "" before first contact. onReply(body, wasFirstContact)
 // gets each reply the collector made about a batch.
@@ -38,7 +39,8 @@ export const transport = (url, site, getCid, onReply) => {
     // the collector or network is failing (then the outbox keeps the batch for later).
     if (leaving && cid && !fails && navigator.sendBeacon(url, body)) return done();
     busy = 1;
-    fetch(url, { method: "POST", body, keepalive: !!leaving, credentials: "include" })
+    // No keepalive: a request cut short by a closing page leaves its batch in the outbox.
+    fetch(url, { method: "POST", body, credentials: "include" })
       // 5xx and 429: retry later. A 4xx reply means the batch can never be accepted.
       .then((r) => (r.status > 499 || r.status == 429 ? Promise.reject() : r.json()))
       .then(
@@ -58,7 +60,6 @@ export const transport = (url, site, getCid, onReply) => {
   return {
     // While retrying, the backoff timer is the pending flush: new events wait for it.
     push: (e, ms) => schedule(ms, save(load().concat(e).slice(-LIMIT))),
-    // Also the retry-now when connectivity comes back.
     flush,
   };
 };

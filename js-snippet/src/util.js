@@ -12,11 +12,9 @@ export const safe =
     }
   };
 
-// RFC 4122 v4 from getRandomValues (randomUUID needs a secure context; plain-http sites exist).
-export const uuid = () =>
-  ([1e7] + -1e3 + -4e3 + -8e3 + -1e11).replace(/[018]/g, (c) =>
-    (c ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (c / 4)))).toString(16),
-  );
+// A random (v4) UUID. crypto.randomUUID needs a secure context and plain-http sites exist;
+// a blob: URL ends in a random UUID by the File API spec, in any context.
+export const uuid = () => URL.createObjectURL(new Blob()).slice(-36);
 
 // localStorage get (one argument) or set; it throws in some privacy modes and when full,
 // which reads as "absent". Writing "" clears a key.

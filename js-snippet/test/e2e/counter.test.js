@@ -44,7 +44,7 @@ const visitor = async () => {
   });
   const page = await context.newPage();
   page.on("pageerror", (e) => errors.push(e));
-  const accepted = (pred) => eventually(async () => exchanges.filter((x) => x.status == 202 && x.body.events.some(pred)), (xs) => xs.length > 0, 15_000);
+  const accepted = (pred) => eventually(async () => exchanges.filter((x) => x.status == 202 && x.body.events.some(pred)), (xs) => xs.length > 0, 30_000);
   return { context, page, exchanges, sent, errors, accepted };
 };
 

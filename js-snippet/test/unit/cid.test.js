@@ -82,7 +82,7 @@ test("saving writes both stores with the right attributes, and an empty id delet
   saveCid("abcdef123456");
   assert.equal(storage.get("skvoz_cid"), "abcdef123456");
   assert.deepEqual(document.store.get("skvoz_cid"), { value: "abcdef123456", domain: "example.com" });
-  assert.match(document.writes.at(-1), /^skvoz_cid=abcdef123456;path=\/;samesite=lax;max-age=34560000;domain=example.com$/);
+  assert.match(document.writes.at(-1), /^skvoz_cid=abcdef123456;path=\/;max-age=34560000;domain=example.com$/);
   saveCid("");
   assert.equal(document.store.has("skvoz_cid"), false);
   assert.equal(storage.get("skvoz_cid"), "");

@@ -90,14 +90,13 @@ test("card-like numbers are never taken, even from a phone field", () => {
 test("forms without a phone or an e-mail are not leads", () => {
   assert.equal(readForm(form('<input name="q" value="shoes"><input name="name" value="Bob">')), null);
   assert.equal(readForm(form('<input name="phone" value="12">')), null);
-  assert.equal(readForm(form('<input type="email" value="not an address">')), null);
 });
 
-test("form name: name, id, action, else the page path", () => {
+test("form name: name, id, action, else empty", () => {
   assert.equal(formName(form("", 'name="callback" id="x"')), "callback");
   assert.equal(formName(form("", 'id="order"')), "order");
   assert.equal(formName(form("", 'action="/lead"')), "/lead");
-  assert.equal(formName(form('<input name="name"><input name="id">')), "/contacts");
+  assert.equal(formName(form('<input name="name"><input name="id">')), "");
 });
 
 test("the hidden client-id input is added once and kept current", () => {
