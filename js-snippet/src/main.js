@@ -57,7 +57,13 @@ if (!(stub && stub.v))
             asked ||
               fetch(base + "calltracking/numbers?site=" + site + "&client_id=" + cid)
                 .then((r) => r.status == 200 && r.json())
-                .then((j) => j && t && numbers(j, ls("skvoz_ct", JSON.stringify(j, (j.x = Date.now() + j.ttl * 1e3)))))
+                .then((j) => {
+                  if (j && t) {
+                    j.x = Date.now() + j.ttl * 1e3; // expiry, for the cache
+                    ls("skvoz_ct", JSON.stringify(j));
+                    numbers(j);
+                  }
+                })
                 .catch(safe);
             asked = 1;
           },
