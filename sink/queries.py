@@ -9,6 +9,7 @@ range so the (project, day) sort keys prune the scan.
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -272,6 +273,28 @@ def _steps_out(steps: list[str], level_counts: dict[int, int]) -> list[dict]:
     return out
 
 
+def _is_literal(pattern: str) -> bool:
+    return "*" not in pattern and "?" not in pattern
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
+
+
+def may_overlap(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    """Can one event match both steps? Conservative: two globs of one type are assumed to."""
+    if a[0] != b[0]:
+        return False
+    pa, pb = a[1], b[1]
+    if _is_literal(pa) and _is_literal(pb):
+        return pa == pb
+    if _is_literal(pa):
+        return bool(_glob_regex(pb).fullmatch(pa))
+    if _is_literal(pb):
+        return bool(_glob_regex(pa).fullmatch(pb))
+    return True
+
+
 def funnel(
     client: Client,
     db: str,
@@ -285,57 +308,89 @@ def funnel(
 ) -> dict:
     """Persons (clients joined through identities) completing the steps in order within the window.
 
-    ``conversion_*`` are fractions (0..1) rounded to 4 places; a step after an empty one is 0.
-    With ``group_by="source"`` persons are also split by the source of their first visit that
-    started in the range (source_type and source are '' for persons with none).
+    Steps are distinct events: one event never counts as two steps, even when it matches both
+    (``pageview:*`` then ``pageview:/pricing``). Time is compared in milliseconds; a chain must
+    finish within ``window_s`` of its first step. ``conversion_*`` are fractions (0..1) rounded
+    to 4 places; a step after an empty one is 0. With ``group_by="source"`` persons are also
+    split by the source of their first visit that started in the range (source_type and
+    source are '' for persons with none).
     """
     check_identifier(db)
     project_id = _project(project_id)
     lo, hi = utc_range(tz, date_from, date_to)
     if not isinstance(steps, (list, tuple)) or not MIN_STEPS <= len(steps) <= MAX_STEPS:
         raise ReportError(f"a funnel needs {MIN_STEPS} to {MAX_STEPS} steps")
-    window = _window(window_s)
+    window_ms = _window(window_s) * 1000
     if group_by in ("", None):
         group_by = None
     elif group_by not in FUNNEL_GROUP_BY:
         raise ReportError(f"unknown funnel group_by {group_by!r}; use {', '.join(FUNNEL_GROUP_BY)} or none")
 
-    params: dict[str, Any] = {"db": db, "project": project_id, "lo": lo, "hi": hi, "window": window}
-    conds = [_step_condition(i, *parse_step(s, i), params) for i, s in enumerate(steps)]
-    cond_list, any_cond = ", ".join(conds), " OR ".join(conds)
-    ids = """(SELECT client_id, person_id FROM {db:Identifier}.identities FINAL
-              WHERE project_id = {project:String})"""
-    levels = f"""
+    params: dict[str, Any] = {"db": db, "project": project_id, "lo": lo, "hi": hi}
+    parsed = [parse_step(s, i) for i, s in enumerate(steps)]
+    conds = [_step_condition(i, etype, pattern, params) for i, (etype, pattern) in enumerate(parsed)]
+    overlap = any(may_overlap(parsed[i], parsed[j]) for i in range(len(parsed)) for j in range(i + 1, len(parsed)))
+    any_cond = " OR ".join(conds)
+
+    def events(extra: str) -> str:
+        return (
+            """
 SELECT if(notEmpty(i.person_id), i.person_id, e.client_id) AS person,
-       windowFunnel({{window:UInt64}})(toDateTime(e.ts), {cond_list}) AS level
+       toUInt64(toUnixTimestamp64Milli(e.ts)) AS t"""
+            + extra
+            + f"""
 FROM {{db:Identifier}}.events AS e
-LEFT JOIN {ids} AS i ON e.client_id = i.client_id
+LEFT ANY JOIN (SELECT client_id, person_id FROM {{db:Identifier}}.identities FINAL
+               WHERE project_id = {{project:String}}) AS i ON e.client_id = i.client_id
 WHERE e.project_id = {{project:String}}
   AND e.ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC')
   AND e.ts < fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')
   AND ({any_cond})
-GROUP BY person
-HAVING level > 0
+"""
+        )
+
+    if not overlap:
+        # No event can match two steps: plain windowFunnel on millisecond timestamps
+        # (ms, not DateTime64, which windowFunnel rejects; seconds would blur the order).
+        params["window"] = window_ms
+        levels = f"""
+SELECT person, windowFunnel({{window:UInt64}})(t, {", ".join(f"c{i}" for i in range(len(conds)))}) AS level
+FROM ({events("".join(f", {c} AS c{i}" for i, c in enumerate(conds)))})
+GROUP BY person HAVING level > 0
+"""
+    else:
+        # windowFunnel lets one event fill every step it matches. So each event becomes one row
+        # per matched step k at time t*16 + (15 - k): a later step sorts before an earlier one
+        # of the same event and cannot chain from it. The window scales by 16; integer times
+        # make "t2 - t1 <= window" exact.
+        params["window"] = window_ms * 16
+        mask = " + ".join(f"({c}) * {1 << i}" for i, c in enumerate(conds))
+        levels = f"""
+SELECT person, windowFunnel({{window:UInt64}})(toUInt64(t * 16 + 15 - k), {", ".join(f"k = {i}" for i in range(len(conds)))}) AS level
+FROM ({events(f", toUInt16({mask}) AS mask")})
+ARRAY JOIN arrayFilter(x -> bitTest(mask, x), range({len(conds)})) AS k
+GROUP BY person HAVING level > 0
 """
     if group_by is None:
         sql = f"SELECT level, count() FROM ({levels}) GROUP BY level"
         counts = {int(lvl): int(n) for lvl, n in client.query(sql, parameters=params, settings=QUERY_SETTINGS).result_rows}
         return {"steps": _steps_out(list(steps), counts)}
 
-    first_source = f"""
+    first_source = """
 SELECT if(notEmpty(i.person_id), i.person_id, v.client_id) AS person,
        argMin((v.source_type, v.source), (v.start_ts, v.visit_id)) AS src
-FROM {{db:Identifier}}.visits AS v FINAL
-LEFT JOIN {ids} AS i ON v.client_id = i.client_id
-WHERE v.project_id = {{project:String}}
-  AND v.start_ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC')
-  AND v.start_ts < fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')
+FROM {db:Identifier}.visits AS v FINAL
+LEFT ANY JOIN (SELECT client_id, person_id FROM {db:Identifier}.identities FINAL
+               WHERE project_id = {project:String}) AS i ON v.client_id = i.client_id
+WHERE v.project_id = {project:String}
+  AND v.start_ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')
+  AND v.start_ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')
 GROUP BY person
 """
     sql = f"""
 SELECT toString(s.src.1) AS source_type, toString(s.src.2) AS source, f.level, count()
 FROM ({levels}) AS f
-LEFT JOIN ({first_source}) AS s ON f.person = s.person
+LEFT ANY JOIN ({first_source}) AS s ON f.person = s.person
 GROUP BY source_type, source, f.level
 """
     rows = client.query(sql, parameters=params, settings=QUERY_SETTINGS).result_rows
