@@ -8,10 +8,11 @@ export const VALID = /^[\w-]{10,64}$/;
 
 // The registrable domain is the shortest parent domain the browser accepts a cookie for:
 // it refuses public suffixes (co.uk, github.io), so no suffix list is needed. Returns the
-// cookie attribute, or "" (a host-only cookie) for IPs and single-label hosts.
+// cookie attribute, or "" (a host-only cookie) for IPs and single-label hosts. (Only an IPv4
+// address ends in a digit: top-level domains are letters; IPv6 "[::1]" has no dot.)
 export const cookieDomain = (host) => {
   const p = host.split(".");
-  for (let i = p.length - 1; i-- > 0 && !/^[\d.]+$/.test(host); ) {
+  for (let i = p.length - 1; i-- > 0 && !/\d$/.test(host); ) {
     const attr = ";domain=" + p.slice(i).join(".");
     document.cookie = "skvoz_t=1" + attr;
     if (document.cookie.includes("skvoz_t")) return (document.cookie = "skvoz_t=;max-age=0" + attr), attr;

@@ -6,9 +6,7 @@ import { digits } from "./util.js";
 // ("tel,phone,,tel-national,..."). Password, card and other secret-looking fields are ""
 // whatever else they say.
 export const classify = (el) => {
-  const hint = [el.type, ...["name", "id", "autocomplete", "placeholder"].map((a) => el.getAttribute(a))]
-    .join()
-    .toLowerCase();
+  const hint = [el.type, el.name, el.id, el.autocomplete, el.placeholder].join().toLowerCase();
   // text, tel, email, number
   return /^(te|em|nu)/.test(hint) && !/pass|card|cc-|cv|secur/.test(hint)
     ? /mail/.test(hint)

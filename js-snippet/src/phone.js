@@ -39,8 +39,9 @@ export const swapIn = (n, pairs, v, h) => {
 // Swaps now and in everything added or changed later (framework re-renders, popups).
 export const watch = (root, pairs) => {
   swapIn(root, pairs);
-  // Our own edits come back as records too; they find nothing left to swap.
-  new MutationObserver(safe((records) => records.forEach((r) => swapIn(r.target, pairs)))).observe(root, {
+  // Each changed node once per batch of records, however many changes it had. Our own
+  // edits come back as records too; they find nothing left to swap.
+  new MutationObserver(safe((records) => new Set(records.map((r) => r.target)).forEach((n) => swapIn(n, pairs)))).observe(root, {
     childList: true,
     subtree: true,
     characterData: true,

@@ -22,6 +22,6 @@ export const adopt = (href, now) => {
     age = now - m[3]; // "" and undefined give now and NaN: too old
   return [
     href.replace(m[0], m[4] ? m[1] : ""),
-    VALID.test(m[2]) && Math.abs(age) < MAX_AGE ? m[2] : "",
+    VALID.test(m[2]) && age * age < MAX_AGE * MAX_AGE ? m[2] : "", // |age| < MAX_AGE
   ];
 };
