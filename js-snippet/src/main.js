@@ -41,7 +41,8 @@ if (!(stub && stub.v))
           spa = setTimeout(safe(pageview), 99, 1e3);
         }
       }),
-      start = () => {
+      // Wrapped on its own: a bad cached reply or a cookie-less sandbox must not stop the rest.
+      start = safe(() => {
         const id = adopted || loadCid();
         id && setCid(id);
         t = transport(
@@ -70,7 +71,7 @@ if (!(stub && stub.v))
         );
         // Numbers stay valid for their ttl: no flicker and no request on the next pages.
         asked = numbers(JSON.parse(ls("skvoz_ct") || 0));
-      };
+      });
 
     let cid = "",
       t, // the transport, once tracking is allowed

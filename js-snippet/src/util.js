@@ -13,7 +13,8 @@ export const safe =
   };
 
 // A random (v4) UUID. crypto.randomUUID needs a secure context and plain-http sites exist;
-// a blob: URL ends in a random UUID by the File API spec, in any context.
+// a blob: URL ends in a random UUID by the File API spec, in any context. (Each keeps a tiny
+// empty-blob entry until the page unloads.)
 export const uuid = () => URL.createObjectURL(new Blob()).slice(-36);
 
 // localStorage get (one argument) or set; it throws in some privacy modes and when full,

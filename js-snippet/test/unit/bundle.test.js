@@ -205,3 +205,14 @@ test("errors inside the counter never reach the page and are counted", async () 
   assert.deepEqual(p.errors, []);
   assert.ok(p.win.skvoz("stats").errors > 0);
 });
+
+test("a broken cached call-tracking reply costs nothing but an error count", async () => {
+  const p = boot({
+    before: `localStorage.skvoz_ct = JSON.stringify({numbers: [{original: 5, tracking: null}], x: Date.now() + 1e6})`,
+  });
+  p.win.skvoz("goal", "still-counted");
+  await wait(1100);
+  assert.deepEqual(p.events().map((e) => e.type), ["pageview", "goal"]);
+  assert.equal(p.win.skvoz("stats").errors, 1);
+  assert.deepEqual(p.errors, []);
+});
