@@ -4,6 +4,7 @@ cookies and /metrics, against a fake of our own runtime that records what was su
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
@@ -789,7 +790,14 @@ def _request(n_events: int) -> bytes:
             b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-async def _measure(kind: str, n_events: int, tmp_path, seconds: float = 3.0) -> tuple[float, dict]:
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(kind: str, n_events: int, tmp_path, seconds: float = 3.0) -> tuple[float, float, dict]:
+    """(requests/s, server CPU seconds per request, status counts) for one server kind."""
     import asyncio
     import socket
     import subprocess
@@ -803,7 +811,7 @@ async def _measure(kind: str, n_events: int, tmp_path, seconds: float = 3.0) -> 
                              f"_bench_serve({kind!r}, {port}, {str(tmp_path)!r})"],
                             cwd=Path(__file__).resolve().parents[1])
     try:
-        for _ in range(200):
+        for _ in range(300):
             try:
                 _r, w = await asyncio.open_connection("127.0.0.1", port)
                 w.close()
@@ -811,30 +819,39 @@ async def _measure(kind: str, n_events: int, tmp_path, seconds: float = 3.0) -> 
             except OSError:
                 await asyncio.sleep(0.05)
         await _load(port, _request(n_events), 0.5)  # warm-up
-        return await _load(port, _request(n_events), seconds)
+        cpu0 = _cpu_seconds(proc.pid)
+        rps, codes = await _load(port, _request(n_events), seconds)
+        cpu = _cpu_seconds(proc.pid) - cpu0
+        return rps, cpu / max(1, sum(codes.values())), codes
     finally:
         proc.terminate()
         proc.wait(10)
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 async def test_collector_throughput_against_bare_handler(tmp_path):
     """Collector >= 50% of a bare 204 handler's req/s with 1-event requests, and >= 50k
-    events/s with 50-event requests. Rounds alternate and the best of each counts, so a
-    neighbour's burst of CPU on this shared machine does not decide the ratio."""
-    bare_rps = one_rps = batch_rps = 0.0
-    for _ in range(2):
-        rps, codes = await _measure("bare", 1, tmp_path)
+    events/s with 50-event requests.
+
+    Each round measures the bare handler and the collector back to back, so a neighbour's
+    CPU burst on this shared 2-core machine hits both sides of a ratio; the median of three
+    paired ratios is judged. Server CPU per request is printed beside the wall clock, since
+    the load generator shares the CPUs with the server."""
+    ratios, events_per_s, lines = [], [], []
+    for _ in range(3):
+        bare_rps, bare_cpu, codes = await _measure("bare", 1, tmp_path)
         assert set(codes) == {204}, codes
-        bare_rps = max(bare_rps, rps)
-        rps, codes = await _measure("collector", 1, tmp_path)
+        one_rps, one_cpu, codes = await _measure("collector", 1, tmp_path)
         assert set(codes) == {202}, codes
-        one_rps = max(one_rps, rps)
-        rps, codes = await _measure("collector", 50, tmp_path)
+        batch_rps, batch_cpu, codes = await _measure("collector", 50, tmp_path)
         assert set(codes) == {202}, codes
-        batch_rps = max(batch_rps, rps)
-    report = (f"bare 204: {bare_rps:.0f} req/s; collector 1 event: {one_rps:.0f} req/s "
-              f"({one_rps / bare_rps:.0%}); 50-event batches: {batch_rps * 50:.0f} events/s")
+        ratios.append(one_rps / bare_rps)
+        events_per_s.append(batch_rps * 50)
+        lines.append(f"bare {bare_rps:.0f} req/s ({bare_cpu * 1e6:.0f} us CPU/req), collector "
+                     f"{one_rps:.0f} req/s ({one_cpu * 1e6:.0f} us) = {one_rps / bare_rps:.0%}; "
+                     f"50-event batches {batch_rps * 50:.0f} events/s ({batch_cpu * 1e6:.0f} us/req)")
+    report = "\n".join(lines)
     print(report)
-    assert one_rps >= 0.5 * bare_rps, report
-    assert batch_rps * 50 >= 50_000, report
+    assert sorted(ratios)[1] >= 0.5, report
+    assert sorted(events_per_s)[1] >= 50_000, report

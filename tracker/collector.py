@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from tracker import enrich
-from tracker.app import STATE, State, error, json_response, loads
+from tracker.app import STATE, State, dumps, error, json_response, loads
 
 COLLECT_MAX_BYTES = 256 * 1024
 COLLECT_MAX_EVENTS = 100
@@ -142,14 +142,14 @@ async def collect(request: web.Request) -> web.Response:
                              "rejected": result.rejected}
     if result.warnings:
         reply["warnings"] = result.warnings
-    resp = json_response(reply, status=202)
     cookie = f"{COOKIE}={cid}; Max-Age={COOKIE_MAX_AGE}; Path=/; SameSite=Lax"
     if _is_https(request, st):
         cookie += "; Secure"
-    resp.headers["Set-Cookie"] = cookie
+    headers = {"Content-Type": "application/json", "Set-Cookie": cookie}
     if origin is not None:
-        _cors(resp, origin)
-    return resp
+        headers.update({"Access-Control-Allow-Origin": origin,
+                        "Access-Control-Allow-Credentials": "true", "Vary": "Origin"})
+    return web.Response(body=dumps(reply), status=202, headers=headers)
 
 
 def _count(st: State, endpoint: str, project_id: str, result: enrich.Result) -> None:

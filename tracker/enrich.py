@@ -21,8 +21,7 @@ import math
 import re
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
 from typing import Any, Callable
@@ -97,21 +96,25 @@ class Context:
     drop_bots: bool = True
 
 
-@dataclass(slots=True)
 class Result:
-    events: list[Event] = field(default_factory=list)
-    rejected: list[dict] = field(default_factory=list)
-    warnings: list[dict] = field(default_factory=list)
-    reasons: Counter = field(default_factory=Counter)  # DropReason value -> count
-    # (field, reason) -> count, for contact parts dropped from kept events
-    contact_drops: Counter = field(default_factory=Counter)
+    """What enrichment made of a request. Plain dicts, not Counters: built once per request."""
+
+    __slots__ = ("events", "rejected", "warnings", "reasons", "contact_drops")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.rejected: list[dict] = []
+        self.warnings: list[dict] = []
+        self.reasons: dict[str, int] = {}  # DropReason value -> count
+        # (field, reason) -> count, for contact parts dropped from kept events
+        self.contact_drops: dict[tuple[str, str], int] = {}
 
     def reject(self, index: int, reason: DropReason, detail: str = "") -> None:
         item = {"index": index, "reason": reason.value}
         if detail:
             item["detail"] = detail
         self.rejected.append(item)
-        self.reasons[reason.value] += 1
+        self.reasons[reason.value] = self.reasons.get(reason.value, 0) + 1
 
 
 @lru_cache(maxsize=4096)
@@ -323,7 +326,8 @@ def enrich_one(raw: Any, ctx: Context, index: int, result: Result, seen: set[str
     for fld, detail in dropped_parts:
         result.warnings.append({"index": index, "reason": DropReason.INVALID_CONTACT.value,
                                 "field": fld, "detail": detail})
-        result.contact_drops[(fld, DropReason.INVALID_CONTACT.value)] += 1
+        key = (fld, DropReason.INVALID_CONTACT.value)
+        result.contact_drops[key] = result.contact_drops.get(key, 0) + 1
     result.events.append(ev)
 
 
