@@ -169,6 +169,7 @@ ACCEPT_CASES = [
     ("goal with numeric string value", lambda: pv(type="goal", name="buy", props={"value": "1990,50"})),
     ("uuid without hyphens", lambda: pv(id=uuid.uuid4().hex)),
     ("extra unknown fields", lambda: pv(foo="bar")),
+    ("pageview props.value is only a property", lambda: pv(props={"value": "n/a"})),
     ("null optional fields", lambda: pv(referrer=None, title=None, props=None)),
 ]
 

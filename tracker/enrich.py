@@ -225,7 +225,8 @@ def check_timestamp(raw: dict, ev: Event, ctx: Context) -> None:
 
 def conversion_value(raw: dict, ev: Event, ctx: Context) -> None:
     props = ev.props
-    if not props or "value" not in props:
+    # a pageview's props.value is just a property: only conversions carry money
+    if not props or "value" not in props or ev.type == "pageview":
         return
     v = props["value"]
     if isinstance(v, str):  # data attributes arrive as strings
