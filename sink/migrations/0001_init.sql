@@ -1,10 +1,11 @@
 -- Initial schema. Columns follow the `_fields` of the row tuples in streams/model.py, in order.
 -- Sort keys start with (project, day) so a project's date range reads a narrow slice;
 -- the partition (month) is a function of that day, so FINAL never merges across partitions.
--- Codecs: columns the reports scan (ids, paths, timestamps) keep fast LZ4 — ZSTD decoding
--- doubled the funnel's CPU in bench/bench_reports.py; timestamps use T64 (rows are not in time
--- order inside a day, so Delta gains nothing and T64+LZ4 came out smaller and 4x faster to
--- read than Delta+ZSTD). Text that reports never read (URLs, titles, props, contacts) is ZSTD.
+-- Codecs: columns the reports scan (ids, timestamps) keep fast LZ4 — ZSTD decoding doubled
+-- the funnel's CPU in bench/bench_reports.py; timestamps use T64 (rows are not in time order
+-- inside a day, so Delta gains nothing and T64+LZ4 came out smaller and 4x faster to read than
+-- Delta+ZSTD). Text that reports never read (URLs, titles, props, contacts) is ZSTD.
+-- events.path is LowCardinality: funnel steps match it, and a site has a bounded set of pages.
 
 CREATE TABLE IF NOT EXISTS {db:Identifier}.events
 (
@@ -17,7 +18,7 @@ CREATE TABLE IF NOT EXISTS {db:Identifier}.events
     name         LowCardinality(String),
     site         LowCardinality(String),
     url          String CODEC(ZSTD(1)),
-    path         String CODEC(LZ4),
+    path         LowCardinality(String),
     referrer     String CODEC(ZSTD(1)),
     title        String CODEC(ZSTD(1)),
     props        String CODEC(ZSTD(1)),
