@@ -283,6 +283,15 @@ def _glob_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
 
 
+def _breadth(etype: str, pattern: str) -> int:
+    """A rough rank of how many events a step matches, without asking the database."""
+    if etype != "pageview":
+        return 1 if not _is_literal(pattern) else 0  # conversions are rare next to pageviews
+    if pattern.strip("*/") == "":
+        return 3  # any page
+    return 2 if not _is_literal(pattern) else 1
+
+
 def may_overlap(a: tuple[str, str], b: tuple[str, str]) -> bool:
     """Can one event match both steps? Conservative: two globs of one type are assumed to."""
     if a[0] != b[0]:
@@ -333,33 +342,48 @@ def funnel(
     conds = [_step_condition(i, etype, pattern, params) for i, (etype, pattern) in enumerate(parsed)]
     overlap = any(may_overlap(parsed[i], parsed[j]) for i in range(len(parsed)) for j in range(i + 1, len(parsed)))
     any_cond = " OR ".join(conds)
+    person_expr = "cityHash64(if(notEmpty(i.person_id), i.person_id, e.client_id))"
 
     # Persons are grouped by a 64-bit hash of their id: cheaper than String keys, and a
     # collision is negligible (~1e-8 at a million persons).
-    def events(extra: str) -> str:
-        return (
-            """
-SELECT cityHash64(if(notEmpty(i.person_id), i.person_id, e.client_id)) AS person,
-       toUInt64(toUnixTimestamp64Milli(e.ts)) AS t"""
-            + extra
-            + f"""
+    def events(columns: str, condition: str, only_starters: bool) -> str:
+        # Persons without a first-step event end at level 0, so when the first step is
+        # selective, rows of other clients are dropped before the join and windowFunnel.
+        # Clients of merged persons are all kept (few; another device may have started).
+        starters = (
+            f"""
+  AND (e.client_id IN (SELECT e.client_id FROM {{db:Identifier}}.events AS e
+                       WHERE e.project_id = {{project:String}}
+                         AND e.ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC')
+                         AND e.ts < fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')
+                         AND {conds[0]})
+       OR e.client_id IN (SELECT arrayJoin([client_id, person_id]) FROM {{db:Identifier}}.identities
+                          WHERE project_id = {{project:String}}))"""
+            if only_starters
+            else ""
+        )
+        return f"""
+SELECT {person_expr} AS person{columns}
 FROM {{db:Identifier}}.events AS e
 LEFT ANY JOIN (SELECT client_id, person_id FROM {{db:Identifier}}.identities FINAL
                WHERE project_id = {{project:String}}) AS i ON e.client_id = i.client_id
 WHERE e.project_id = {{project:String}}
   AND e.ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC')
   AND e.ts < fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')
-  AND ({any_cond})
+  AND ({condition}){starters}
 """
-        )
 
+    # The pre-filter costs one extra scan for the first step; it pays off only when a later
+    # step matches many more events than the first (e.g. "/" then "/catalog/*").
+    prefilter = max(_breadth(*p) for p in parsed[1:]) > _breadth(*parsed[0])
+    ts_col = ", toUInt64(toUnixTimestamp64Milli(e.ts)) AS t"
     if not overlap:
         # No event can match two steps: plain windowFunnel on millisecond timestamps
         # (ms, not DateTime64, which windowFunnel rejects; seconds would blur the order).
         params["window"] = window_ms
         levels = f"""
 SELECT person, windowFunnel({{window:UInt64}})(t, {", ".join(f"c{i}" for i in range(len(conds)))}) AS level
-FROM ({events("".join(f", {c} AS c{i}" for i, c in enumerate(conds)))})
+FROM ({events(ts_col + "".join(f", {c} AS c{i}" for i, c in enumerate(conds)), any_cond, prefilter)})
 GROUP BY person HAVING level > 0
 """
     else:
@@ -371,7 +395,7 @@ GROUP BY person HAVING level > 0
         mask = " + ".join(f"({c}) * {1 << i}" for i, c in enumerate(conds))
         levels = f"""
 SELECT person, windowFunnel({{window:UInt64}})(toUInt64(t * 16 + 15 - k), {", ".join(f"k = {i}" for i in range(len(conds)))}) AS level
-FROM ({events(f", toUInt16({mask}) AS mask")})
+FROM ({events(f"{ts_col}, toUInt16({mask}) AS mask", any_cond, prefilter)})
 ARRAY JOIN arrayFilter(x -> bitTest(mask, x), range({len(conds)})) AS k
 GROUP BY person HAVING level > 0
 """

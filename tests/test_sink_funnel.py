@@ -283,6 +283,20 @@ def test_one_event_is_one_step(store, steps, events, expected):
     assert persons(store.funnel("p", "UTC", D, D, steps, 1)) == expected
 
 
+def test_selective_first_step_on_another_device(store):
+    # "/a" then any page: a later step broader than the first, so rows of clients that never
+    # did "/a" are dropped early; the person's root client (c0, which has no identity row of
+    # its own) must survive that because its other device (c1) did "/a".
+    store.write(
+        Output(
+            events=[pv("c1", T0, "/a"), pv("c0", T0 + 1000, "/b"), pv("c9", T0, "/b"), pv("c9", T0 + 1000, "/c")],
+            identities=[identity_row("c1", "c0", 2)],
+        )
+    )
+    assert persons(store.funnel("p", "UTC", D, D, ["pageview:/a", "pageview:*"], 60)) == [1, 1]
+    assert persons(store.funnel("p", "UTC", D, D, ["pageview:/b", "pageview:*"], 60)) == [2, 1]
+
+
 # -- against a reference implementation ---------------------------------------------------------
 
 
