@@ -342,10 +342,10 @@ def funnel(
     conds = [_step_condition(i, etype, pattern, params) for i, (etype, pattern) in enumerate(parsed)]
     overlap = any(may_overlap(parsed[i], parsed[j]) for i in range(len(parsed)) for j in range(i + 1, len(parsed)))
     any_cond = " OR ".join(conds)
-    person_expr = "cityHash64(if(notEmpty(i.person_id), i.person_id, e.client_id))"
-
     # Persons are grouped by a 64-bit hash of their id: cheaper than String keys, and a
     # collision is negligible (~1e-8 at a million persons).
+    person_expr = "cityHash64(if(notEmpty(i.person_id), i.person_id, e.client_id))"
+
     def events(columns: str, condition: str, only_starters: bool) -> str:
         # Persons without a first-step event end at level 0, so when the first step is
         # selective, rows of other clients are dropped before the join and windowFunnel.
