@@ -312,7 +312,12 @@ class Runtime:
             # Changed project settings (goals, timeout, domains) apply to events from now on,
             # as in Metrica; rows already written keep the settings they were derived with.
             with open(path, "rb") as f:
-                offset, state = pickle.load(f)
+                gc.disable()  # millions of small objects: collections during the load only cost time
+                try:
+                    offset, state = pickle.load(f)
+                finally:
+                    gc.enable()
+                    gc.freeze()
             return state, offset
         except FileNotFoundError:
             return State(), 0
