@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tracker.app import STATE, State, error, json_response
+from tracker.app import STATE, State, add_route, error, json_response
 from tracker.config import Project
 
 log = logging.getLogger("skvoz.api")
@@ -190,6 +190,6 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/v1/reports/channels", channels, allow_head=False)
-    app.router.add_get("/api/v1/reports/funnel", funnel, allow_head=False)
-    app.router.add_get("/api/v1/openapi.json", openapi, allow_head=False)
+    add_route(app, "GET", "/api/v1/reports/channels", channels)
+    add_route(app, "GET", "/api/v1/reports/funnel", funnel)
+    add_route(app, "GET", "/api/v1/openapi.json", openapi)

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from tracker import enrich
-from tracker.app import STATE, State, dumps, error, json_response, loads
+from tracker.app import STATE, State, add_route, dumps, error, json_response, loads
 
 COLLECT_MAX_BYTES = 256 * 1024
 COLLECT_MAX_EVENTS = 100
@@ -347,8 +347,8 @@ async def calltracking_numbers(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/collect", collect)
-    app.router.add_route("OPTIONS", "/collect", collect_preflight)
-    app.router.add_post("/api/v1/import/events", import_events)
-    app.router.add_get("/s.js", snippet)
-    app.router.add_get("/calltracking/numbers", calltracking_numbers)
+    add_route(app, "POST", "/collect", collect)
+    add_route(app, "OPTIONS", "/collect", collect_preflight)
+    add_route(app, "POST", "/api/v1/import/events", import_events)
+    add_route(app, "GET", "/s.js", snippet)
+    add_route(app, "GET", "/calltracking/numbers", calltracking_numbers)
