@@ -3,9 +3,13 @@ cookies and /metrics, against a fake of our own runtime that records what was su
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -521,6 +525,13 @@ async def test_not_ready_is_503(runtime):
         await c.close()
 
 
+async def test_dead_runtime_thread_fails_healthz(client, runtime):
+    assert (await client.get("/healthz")).status == 200
+    runtime.stats = lambda: {"submitted": 0, "running": False}
+    r = await client.get("/healthz")
+    assert r.status == 503 and (await r.json())["status"] == "runtime stopped"
+
+
 async def test_stopped_runtime_is_503_not_202(client, runtime):
     runtime.fail = True
     r = await post(client, [pv()])
@@ -712,9 +723,6 @@ def _bench_serve(kind: str, port: int, log_dir: str) -> None:
     """Entry point of the server subprocess: a bare 204 handler; the collector with a runtime
     that only counts (the edge alone); or the collector whose runtime appends to the real
     durable local log (no pipeline thread competing)."""
-    import asyncio
-    from pathlib import Path
-
     from aiohttp import web
 
     from streams.embedded import LocalLog
@@ -753,7 +761,7 @@ def _bench_serve(kind: str, port: int, log_dir: str) -> None:
                 handle_signals=True)
 
 
-class _Conn(__import__("asyncio").Protocol):
+class _Conn(asyncio.Protocol):
     def __init__(self, request: bytes, stats: dict, done):
         self.request, self.stats, self.done = request, stats, done
         self.buf = b""
@@ -784,8 +792,6 @@ class _Conn(__import__("asyncio").Protocol):
 
 
 async def _load(port: int, request: bytes, seconds: float, conns: int = 32) -> tuple[float, dict]:
-    import asyncio
-
     loop = asyncio.get_running_loop()
     stats: dict[int, int] = {}
     deadline = loop.time() + seconds
@@ -819,11 +825,6 @@ def _cpu_seconds(pid: int) -> float:
 
 async def _measure(kind: str, n_events: int, tmp_path, seconds: float = 3.0) -> tuple[float, float, dict]:
     """(requests/s, server CPU seconds per request, status counts) for one server kind."""
-    import asyncio
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

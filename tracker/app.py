@@ -175,13 +175,16 @@ async def healthz(request: web.Request) -> web.Response:
             body["error"] = st.startup_error
         return json_response(body, status=503, headers={"Retry-After": "1"})
     out: dict[str, Any] = {"status": "ok"}
+    status = 200
     if st.runtime is not None:
         try:
             stats = st.runtime.stats()
             out["runtime"] = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+            if stats.get("running") is False:  # the processor thread died: not healthy
+                out["status"], status = "runtime stopped", 503
         except Exception as e:  # health must answer even if stats are unwell
             out["runtime_error"] = str(e)
-    return json_response(out)
+    return json_response(out, status=status)
 
 
 async def metrics(request: web.Request) -> web.Response:
