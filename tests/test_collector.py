@@ -120,9 +120,6 @@ REJECT_CASES = [
     ("ts a string", lambda: pv(ts="1700000000000"), DropReason.INVALID_EVENT, "ts"),
     ("ts a bool", lambda: pv(ts=True), DropReason.INVALID_EVENT, "ts"),
     ("url not a string", lambda: pv(url=5), DropReason.INVALID_EVENT, "url"),
-    ("url too long", lambda: pv(url="https://shop.example.ru/" + "a" * 5000),
-     DropReason.INVALID_EVENT, "url"),
-    ("title too long", lambda: pv(title="t" * 2000), DropReason.INVALID_EVENT, "title"),
     ("props not an object", lambda: pv(props=[1]), DropReason.INVALID_EVENT, "props"),
     ("props too many keys", lambda: pv(props={f"k{i}": i for i in range(65)}),
      DropReason.INVALID_EVENT, "props"),
@@ -883,3 +880,20 @@ async def test_collector_throughput_against_bare_handler(tmp_path):
     print(report)
     assert sorted(ratios)[1] >= 0.5, report
     assert sorted(events_per_s)[1] >= 50_000, report
+
+
+async def test_long_url_and_title_are_truncated_not_dropped(client, runtime):
+    from tracker.enrich import MAX_TITLE, MAX_URL
+
+    long_url = "https://shop.example.ru/?q=" + "a" * 5000
+    r = await post(client, [pv(url=long_url, title="t" * 2000)])
+    body = await r.json()
+    assert r.status == 202 and body["accepted"] == 1 and body["rejected"] == []
+    [event] = runtime.events
+    assert event.url == long_url[:MAX_URL] and len(event.title) == MAX_TITLE
+
+
+async def test_refusals_carry_cors_so_the_counter_can_read_them(client):
+    r = await post(client, [pv()], site="no-such-key-123", headers={"Origin": "https://shop.example.ru"})
+    assert r.status == 403
+    assert r.headers["Access-Control-Allow-Origin"] == "https://shop.example.ru"

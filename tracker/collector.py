@@ -104,11 +104,12 @@ async def collect(request: web.Request) -> web.Response:
         return _refuse(st, route, 400, "site: the site key is required", "malformed_body")
     found = st.cfg.site_by_key(key)
     if found is None:
-        return _refuse(st, route, 403, "unknown site key", "unknown_site")
+        # CORS on refusals too: the counter must be able to read a 403 to stop retrying
+        return _refuse(st, route, 403, "unknown site key", "unknown_site", origin)
     project, site = found
     if origin is not None and not st.origin_allowed(origin, project):
         return _refuse(st, route, 403, f"origin {origin[:200]} is not a site of this project",
-                       "origin_not_allowed")
+                       "origin_not_allowed", origin)
     events = data.get("events")
     if not isinstance(events, list) or not events:
         return _refuse(st, route, 400, "events: must be a non-empty array", "malformed_body",

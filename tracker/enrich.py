@@ -163,13 +163,15 @@ REQUEST_STEPS: tuple[tuple[str, Callable[[Context], tuple[DropReason, str] | Non
 # -- event-level steps: take the raw dict and the Event being built, raise Dropped -----------
 
 
-def _str(raw: dict, key: str, limit: int) -> str:
+def _str(raw: dict, key: str, limit: int, truncate: bool = False) -> str:
     v = raw.get(key)
     if v is None:
         return ""
     if not isinstance(v, str):
         raise Dropped(DropReason.INVALID_EVENT, f"{key}: must be a string")
     if len(v) > limit:
+        if truncate:  # a page with a huge URL or title is still a pageview worth counting
+            return v[:limit]
         raise Dropped(DropReason.INVALID_EVENT, f"{key}: longer than {limit} characters")
     return v
 
@@ -191,9 +193,9 @@ def validate_shape(raw: Any, ev: Event, ctx: Context) -> None:
     if not isinstance(typ, str):
         raise Dropped(DropReason.INVALID_EVENT, "type: must be a string")
     ev.type = typ
-    ev.url = _str(raw, "url", MAX_URL)
-    ev.referrer = _str(raw, "referrer", MAX_URL)
-    ev.title = _str(raw, "title", MAX_TITLE)
+    ev.url = _str(raw, "url", MAX_URL, truncate=True)
+    ev.referrer = _str(raw, "referrer", MAX_URL, truncate=True)
+    ev.title = _str(raw, "title", MAX_TITLE, truncate=True)
     ev.name = _str(raw, "name", MAX_NAME)
     props = raw.get("props")
     if props is not None:
