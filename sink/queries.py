@@ -17,9 +17,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from clickhouse_connect.driver.client import Client
 
 from sink.client import check_identifier
+from streams.attribution import MODELS as ATTRIBUTION_MODELS
 from streams.model import EVENT_TYPES, LEAD_KINDS
 
-MODELS = ("first_click", "last_click", "last_significant_click")
+# every model the pipeline credits with (streams.attribution.MODELS) can be reported
+MODELS = tuple(ATTRIBUTION_MODELS)
 # group_by name -> column in visits/attributions
 GROUP_COLUMNS = {"type": "source_type", "source": "source", "medium": "medium", "campaign": "campaign"}
 GROUP_BY_ALLOWED = (("type",), ("source",), ("source", "medium"), ("source", "medium", "campaign"))

@@ -89,7 +89,7 @@ CHANNEL_BAD = [
     ("to not a calendar date", {"to": "2024-02-30"}, "to"),
     ("from after to", {"from": "2024-04-01"}, "from"),
     ("range over 3 years", {"from": "2021-03-01", "to": "2024-03-02"}, "to"),
-    ("unknown model", {"model": "linear"}, "model"),
+    ("unknown model", {"model": "u_shaped"}, "model"),
     ("unknown group_by", {"group_by": "campaign"}, "group_by"),
     ("group_by out of order", {"group_by": "medium,source"}, "group_by"),
     ("unknown parameter", {"modle": "first_click"}, "modle"),

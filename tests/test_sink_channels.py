@@ -236,7 +236,7 @@ def test_num(x, want):
 @pytest.mark.parametrize(
     "kw,message",
     [
-        ({"model": "linear"}, "unknown attribution model 'linear'"),
+        ({"model": "u_shaped"}, "unknown attribution model 'u_shaped'"),
         ({"group_by": ["medium"]}, "group_by medium is not supported"),
         ({"group_by": ["source", "campaign"]}, "is not supported"),
         ({"group_by": ["type", "source"]}, "is not supported"),
@@ -272,3 +272,24 @@ def test_string_dates_and_comma_group_by(loaded):
 def test_injection_is_inert(loaded):
     report = loaded.channels("p' OR 1=1 --", "UTC", D, D, "first_click", ["type"])
     assert report["rows"] == []
+
+
+def test_linear_model_reports_fractional_credit(store):
+    """Linear credit splits a conversion across the visits of its path; the report sums weights."""
+    from dataclasses import replace
+    from datetime import date
+
+    from streams.pipeline import Pipeline
+    from tests.factory import DAY, RULES, T0, ev
+
+    pipeline = Pipeline({"p": replace(RULES, project_id="p")})
+    out = pipeline.process([
+        ev("c", T0, referrer="https://yandex.ru/", project_id="p"),
+        ev("c", T0 + DAY, referrer="https://vk.com/", project_id="p"),
+        ev("c", T0 + DAY + 60_000, type="form", name="lead", referrer="https://kursy.ru/", project_id="p"),
+    ])
+    store.write(out)
+    report = store.channels("p", "UTC", date(2025, 12, 1), date(2026, 2, 1), "linear", ["source"])
+    by_source = {r["source"]: r["conversions"] for r in report["rows"]}
+    assert by_source == {"yandex": 0.5, "vk": 0.5}
+    assert report["totals"]["conversions"] == 1
