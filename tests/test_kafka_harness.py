@@ -33,8 +33,8 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5
     )
-    await producer.start()
     try:
+        await producer.start()
         futures = [await producer.send(topic, key=k, value=v) for k, v in records]
         metas = [await f for f in futures]
         pid = producer._txn_manager.producer_id if producer._txn_manager else -1
@@ -256,7 +256,10 @@ def test_missing_java_is_a_clear_error(monkeypatch):
 FAUST_PARTITIONS = 2
 
 
-def build_faust_app(app_id: str, bootstrap: str, source: str, sink: str):
+def build_faust_app(app_id: str, bootstrap: str, source: str, sink: str, mode: str):
+    """``sum``: totals[key] += value. ``seq``: values are {"seq", "v"}; an event whose seq is not
+    above the key's last seq is skipped, so reprocessing after a crash changes nothing (the
+    pipeline's rule: processing an event twice changes nothing)."""
     import faust
 
     app = faust.App(
@@ -269,41 +272,86 @@ def build_faust_app(app_id: str, bootstrap: str, source: str, sink: str):
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         table_standby_replicas=0,
-        # Fast group membership for tests (broker allows session timeouts down to 500 ms).
+        # Fast group membership for tests (the dev broker allows session timeouts down to 500 ms).
         broker_session_timeout=6.0,
         broker_heartbeat_interval=0.5,
         broker_rebalance_timeout=10.0,
         broker_commit_interval=0.5,
         stream_wait_empty=True,  # finish in-flight events before stop, so offsets match the table
     )
-    src = app.topic(source, key_type=str, value_type=int, partitions=FAUST_PARTITIONS)
     out = app.topic(sink, key_type=str, value_type=int, partitions=FAUST_PARTITIONS)
-    totals = app.Table("totals", default=int, partitions=FAUST_PARTITIONS)
+    if mode == "sum":
+        src = app.topic(source, key_type=str, value_type=int, partitions=FAUST_PARTITIONS)
+        totals = app.Table("totals", default=int, partitions=FAUST_PARTITIONS)
 
-    @app.agent(src)
-    async def count(stream):
-        async for key, value in stream.items():
-            totals[key] += value
-            await out.send(key=key, value=totals[key])
+        @app.agent(src)
+        async def count(stream):
+            async for key, value in stream.items():
+                totals[key] += value
+                await out.send(key=key, value=totals[key])
+
+    else:
+        src = app.topic(source, key_type=str, partitions=FAUST_PARTITIONS)  # JSON values -> dict
+        state = app.Table("seqsum", default=lambda: {"seq": 0, "total": 0}, partitions=FAUST_PARTITIONS)
+
+        @app.agent(src)
+        async def count_once(stream):
+            async for key, value in stream.items():
+                cur = state[key]
+                if value["seq"] > cur["seq"]:
+                    # Assign a new dict: the table only writes its changelog on __setitem__.
+                    state[key] = {"seq": value["seq"], "total": cur["total"] + value["v"]}
+                    await out.send(key=key, value=state[key]["total"])
+                await asyncio.sleep(0.002)  # slow enough that the test kills it mid-stream
 
     return app
+
+
+def fix_faust_recovery_race() -> None:
+    """Work around a faust-streaming (0.15.3) race that silently skips events.
+
+    After table recovery, ``Recovery.on_recovery_completed`` resumes the stream partitions and
+    only then awaits the seek to the committed offsets, while the flow is already running (it was
+    resumed to read the changelogs). Records fetched in that window reach the stream, are then
+    thrown away by the seek's flow reset, and when they are fetched again the consumer drops them
+    as already read ("DROPPED MESSAGE ROFF" with DEVLOG=1). Seen here: 1-14 events lost in ~30% of
+    worker restarts with a backlog. Stopping the flow first closes the window; nothing has been
+    processed from the stream partitions yet at that point (they are paused during recovery).
+    The real worker must apply this (or an equivalent) before starting Faust.
+    """
+    from faust.tables.recovery import Recovery
+
+    if getattr(Recovery.on_recovery_completed, "_skvoz_fixed", False):
+        return
+    original = Recovery.on_recovery_completed
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        self.app.flow_control.suspend()
+        self.app.consumer.stop_flow()
+        await original(self, generation_id)  # resumes partitions, seeks, then resumes the flow
+
+    on_recovery_completed._skvoz_fixed = True
+    Recovery.on_recovery_completed = on_recovery_completed
 
 
 def _faust_worker_main(argv: list[str]) -> None:
     import faust
 
-    app_id, bootstrap, source, sink = argv
-    app = build_faust_app(app_id, bootstrap, source, sink)
+    if os.environ.get("SKVOZ_TEST_FAUST_UNPATCHED") != "1":  # to see the race: set it to 1
+        fix_faust_recovery_race()
+    app = build_faust_app(*argv)
     faust.Worker(app, loglevel="INFO").execute_from_commandline()
 
 
 class _Worker:
-    def __init__(self, log: Path, app_id: str, bootstrap: str, source: str, sink: str):
+    def __init__(self, log: Path, *args: str):
         self.log = log
+        app_id, _, source, _, mode = args
+        self.topics = [source, f"{app_id}-{'totals' if mode == 'sum' else 'seqsum'}-changelog"]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(log, "ab") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.test_kafka_harness", "faust-worker", app_id, bootstrap, source, sink],
+                [sys.executable, "-m", "tests.test_kafka_harness", "faust-worker", *args],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
             )
 
@@ -318,12 +366,30 @@ class _Worker:
                 pytest.fail(f"faust worker ignored SIGTERM; log:\n{self.tail()}")
         return self.proc.returncode
 
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-async def _wait_totals(bootstrap: str, sink: str, want: dict[str, int], worker: _Worker, timeout: float):
-    """Read the sink topic until the latest total of every key equals ``want``."""
+async def _dump_topics(bootstrap: str, topics: list[str]) -> str:
+    """For failure messages: every record of the given topics, per partition."""
+    lines = []
+    for t in topics:
+        try:
+            parts = await _read_all(bootstrap, t, FAUST_PARTITIONS)
+        except Exception as e:  # e.g. the changelog was never created
+            lines.append(f"{t}: {type(e).__name__}: {e}")
+            continue
+        for p, recs in parts.items():
+            lines.append(f"{t}[{p}]: " + " ".join(f"{o}:{k.decode() if k else k}={v.decode()}" for o, k, v in recs))
+    return "\n".join(lines)
+
+
+async def _watch_sink(bootstrap: str, sink: str, done, worker: _Worker, timeout: float) -> dict[str, int]:
+    """Read the sink topic from the start until ``done(latest totals per key)`` holds."""
     c = await _started_consumer(bootstrap)
     try:
         tps = _partitions(sink, FAUST_PARTITIONS)
@@ -331,12 +397,13 @@ async def _wait_totals(bootstrap: str, sink: str, want: dict[str, int], worker: 
         await c.seek_to_beginning(*tps)
         latest: dict[str, int] = {}
         deadline = time.monotonic() + timeout
-        while latest != want:
+        while not done(latest):
             if worker.proc.poll() is not None:
                 pytest.fail(f"faust worker exited ({worker.proc.returncode}); log:\n{worker.tail()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"totals {latest} != {want} after {timeout}s; worker log:\n{worker.tail()}")
-            for msgs in (await c.getmany(timeout_ms=300)).values():
+                dump = await _dump_topics(bootstrap, [sink, *worker.topics])
+                pytest.fail(f"sink shows {latest} after {timeout}s; topics:\n{dump}\nworker log:\n{worker.tail()}")
+            for msgs in (await c.getmany(timeout_ms=200)).values():
                 for m in msgs:
                     latest[m.key.decode()] = json.loads(m.value)
         return latest
@@ -344,43 +411,72 @@ async def _wait_totals(bootstrap: str, sink: str, want: dict[str, int], worker: 
         await c.stop()
 
 
-def _produce_counts(bootstrap: str, topic: str, items: list[tuple[str, int]]) -> None:
+def _wait_totals(bootstrap: str, sink: str, want: dict[str, int], worker: _Worker, timeout: float = 90):
+    return asyncio.run(_watch_sink(bootstrap, sink, lambda got: got == want, worker, timeout))
+
+
+def _produce_json(bootstrap: str, topic: str, items: list[tuple[str, object]]) -> None:
     asyncio.run(_produce(bootstrap, topic, [(k.encode(), json.dumps(v).encode()) for k, v in items]))
 
 
 def test_faust_table_recovers_after_worker_restart(kafka_bootstrap, kafka_topic, tmp_path):
+    """Each round: a backlog is produced, a fresh worker (memory store, so it starts empty)
+    rebuilds the table from the changelog, continues from the committed offsets and stops
+    cleanly. The totals must be exact: no event lost, none counted twice. Several rounds, since
+    the Faust race fixed by fix_faust_recovery_race hit ~30% of restarts."""
     source = kafka_topic(partitions=FAUST_PARTITIONS, suffix="src")
     sink = kafka_topic(partitions=FAUST_PARTITIONS, suffix="out")
-    app_id = f"skvoz-smoke-{uuid.uuid4().hex[:8]}"
+    app = (f"skvoz-smoke-{uuid.uuid4().hex[:8]}", kafka_bootstrap, source, sink, "sum")
     keys = ["alpha", "beta", "gamma", "delta", "eps"]
-    first = [(keys[i % 5], i + 1) for i in range(40)]
-    second = [(keys[i % 5], 100 * (i + 1)) for i in range(15)]
-    want1: dict[str, int] = defaultdict(int)
-    for k, v in first:
-        want1[k] += v
-    want2 = dict(want1)
-    for k, v in second:
-        want2[k] += v
+    want: dict[str, int] = defaultdict(int)
+    for rnd in range(4):
+        batch = [(keys[i % 5], (rnd * 1000 + i + 1)) for i in range(40 if rnd == 0 else 15)]
+        for k, v in batch:
+            want[k] += v
+        _produce_json(kafka_bootstrap, source, batch)
+        t0 = time.monotonic()
+        w = _Worker(tmp_path / f"w{rnd}.log", *app)
+        try:
+            _wait_totals(kafka_bootstrap, sink, dict(want), w)
+            print(f"faust round {rnd}: {'started' if rnd == 0 else 'recovered'} and processed in "
+                  f"{time.monotonic() - t0:.1f}s")
+        finally:
+            t1 = time.monotonic()
+            rc = w.stop()
+            print(f"faust round {rnd}: stopped in {time.monotonic() - t1:.1f}s (rc {rc})")
+        assert rc == 0, w.tail()
 
-    _produce_counts(kafka_bootstrap, source, first)
-    t0 = time.monotonic()
-    w1 = _Worker(tmp_path / "w1.log", app_id, kafka_bootstrap, source, sink)
+
+def test_faust_idempotent_table_exact_after_worker_kill(kafka_bootstrap, kafka_topic, tmp_path):
+    """kill -9 mid-stream: Faust is at-least-once (changelog writes and offset commits are not
+    atomic), so the replacement worker sees some events again; idempotent state keeps it exact."""
+    source = kafka_topic(partitions=FAUST_PARTITIONS, suffix="src")
+    sink = kafka_topic(partitions=FAUST_PARTITIONS, suffix="out")
+    app = (f"skvoz-crash-{uuid.uuid4().hex[:8]}", kafka_bootstrap, source, sink, "seq")
+    keys = ["k0", "k1", "k2", "k3", "k4", "k5"]
+    n = 1200
+    events = [(keys[i % 6], {"seq": i // 6 + 1, "v": i + 1}) for i in range(n)]
+    want: dict[str, int] = defaultdict(int)
+    for k, e in events:
+        want[k] += e["v"]
+    _produce_json(kafka_bootstrap, source, events)
+
+    w1 = _Worker(tmp_path / "w1.log", *app)
     try:
-        asyncio.run(_wait_totals(kafka_bootstrap, sink, dict(want1), w1, timeout=90))
-        print(f"faust worker 1: started and processed in {time.monotonic() - t0:.1f}s")
+        # Kill once a good part, but not all, has been processed.
+        seen = asyncio.run(_watch_sink(
+            kafka_bootstrap, sink, lambda got: len(got) == 6 and sum(got.values()) > sum(want.values()) // 5,
+            w1, timeout=90,
+        ))
     finally:
-        t1 = time.monotonic()
-        rc = w1.stop()
-        print(f"faust worker 1: stopped in {time.monotonic() - t1:.1f}s (rc {rc})")
+        w1.kill()
+    assert seen != dict(want), "the worker finished before the kill; the test proves nothing"
 
-    # A fresh worker (memory store, so it starts empty) must rebuild the table from the changelog
-    # and continue from the committed offsets: totals = first + second exactly, no double count.
-    _produce_counts(kafka_bootstrap, source, second)
-    t2 = time.monotonic()
-    w2 = _Worker(tmp_path / "w2.log", app_id, kafka_bootstrap, source, sink)
+    t0 = time.monotonic()
+    w2 = _Worker(tmp_path / "w2.log", *app)
     try:
-        asyncio.run(_wait_totals(kafka_bootstrap, sink, want2, w2, timeout=90))
-        print(f"faust worker 2: recovered and processed in {time.monotonic() - t2:.1f}s")
+        _wait_totals(kafka_bootstrap, sink, dict(want), w2)
+        print(f"faust worker after kill -9: recovered and finished in {time.monotonic() - t0:.1f}s")
     finally:
         w2.stop()
 
@@ -389,4 +485,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["faust-worker"]:
         _faust_worker_main(sys.argv[2:])
     else:
-        sys.exit(f"usage: python -m tests.test_kafka_harness faust-worker APP_ID BOOTSTRAP SOURCE SINK")
+        sys.exit("usage: python -m tests.test_kafka_harness faust-worker APP_ID BOOTSTRAP SOURCE SINK sum|seq")

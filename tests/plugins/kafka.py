@@ -56,12 +56,13 @@ def _reap_orphans() -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_state_dir(tmp_path_factory) -> Path | None:
+def kafka_state_dir(request, tmp_path_factory) -> Path | None:
     if os.environ.get(EXTERNAL_KAFKA) and os.environ.get(EXTERNAL_REDIS):
         return None
     _reap_orphans()
     d = tmp_path_factory.mktemp("devstack")
     (d / OWNER_FILE).write_text(str(os.getpid()))
+    request.session._skvoz_devstack_dir = d
     return d
 
 
@@ -103,6 +104,18 @@ def _kafka_marked(request):
         yield
     finally:
         mp.undo()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed kafka test shows the broker's last log lines: most failures are explained there."""
+    report = yield
+    if report.failed and item.get_closest_marker("kafka") is not None:
+        state_dir = getattr(item.session, "_skvoz_devstack_dir", None)
+        if state_dir is not None:
+            log = Path(state_dir) / "kafka" / "kafka.log"
+            report.sections.append(("kafka broker log (tail)", devstack._tail(log, 60)))
+    return report
 
 
 @pytest.fixture
