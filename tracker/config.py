@@ -93,6 +93,9 @@ class Server(_Section):
     trust_proxy: bool = False  # take the client address from X-Forwarded-For
     # Drop events from crawlers, scripts and headless browsers; off for browser tests.
     drop_bots: bool = True
+    # Events per second per site over all collectors (`skvoz collector` with [redis] url);
+    # 0 = no limit. Above it /collect answers 429 with Retry-After.
+    rate_limit_per_site: int = Field(default=0, ge=0)
 
 
 class ClickHouse(_Section):
@@ -110,6 +113,8 @@ class Kafka(_Section):
 
 class Redis(_Section):
     url: str = ""
+    # How long `skvoz collector` remembers a published event id, to skip replays.
+    dedup_window_s: int = Field(default=3600, ge=1)
 
 
 class Pipeline(_Section):
