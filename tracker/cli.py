@@ -1,4 +1,4 @@
-"""`skvoz` command line: init, run, migrate, dev up|down|status.
+"""`skvoz` command line: init, run, migrate, dev up|down|status, worker, sink.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config (message on stderr, no traceback).
 """
@@ -137,6 +137,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scaleout_config(args: argparse.Namespace) -> configmod.Config:
+    cfg = _load(args)
+    if not cfg.kafka.bootstrap:
+        raise UsageError("[kafka] bootstrap is empty; set it in the config or SKVOZ_KAFKA_BOOTSTRAP")
+    return cfg
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.faust_app import run_worker
+
+    return run_worker(_scaleout_config(args), store=args.store, session_timeout=args.session_timeout)
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from sink.kafka_sink import serve_sink
+
+    cfg = _scaleout_config(args)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: not a port number")
+    return asyncio.run(serve_sink(cfg, args.host, args.port, session_timeout=args.session_timeout))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skvoz", description="Skvoz end-to-end marketing analytics")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -164,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--state-dir", help="where the dev stack keeps its state "
                                          "(default <data_dir>/dev)")
     dev.set_defaults(func=cmd_dev)
+
+    worker = with_config(sub.add_parser("worker", help="scale-out stream worker (Faust): Kafka events -> rows"))
+    worker.add_argument("--store", default="memory://",
+                        help="table store: memory:// (state read back from the changelogs on start) "
+                             "or rocksdb:// (under data_dir/worker)")
+    worker.add_argument("--session-timeout", type=float, default=30.0, metavar="S",
+                        help="seconds before a silent worker's partitions move to the others")
+    worker.set_defaults(func=cmd_worker)
+
+    sink = with_config(sub.add_parser("sink", help="Kafka rows -> ClickHouse; serves the query API"))
+    sink.add_argument("--host", help="listen address (default from config)")
+    sink.add_argument("--port", type=int, help="listen port (default from config)")
+    sink.add_argument("--session-timeout", type=float, default=10.0, metavar="S",
+                      help="seconds before a silent sink's partitions move to another sink")
+    sink.set_defaults(func=cmd_sink)
     return p
 
 
