@@ -395,6 +395,15 @@ def _start_kafka_locked(state_dir: Path, state: dict[str, Any], timeout: float) 
         "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={paths['log4j'].resolve()}",
         marker, "-cp", cp,
     ]
+    # Class-data sharing: the first broker that stops cleanly leaves an archive of the loaded
+    # classes; later starts map it instead of parsing ~50 MB of jars (roughly 25% faster start).
+    cds = libs.parent / "kafka.jsa"
+    k.pop("cds_dump", None)
+    if cds.exists():
+        cds_flags = [f"-XX:SharedArchiveFile={cds}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+    else:
+        k["cds_dump"] = str(libs.parent / f"kafka.jsa.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+        cds_flags = [f"-XX:ArchiveClassesAtExit={k['cds_dump']}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
     if not (paths["data"] / "meta.properties").exists():
         # Format once; later starts reuse the log dir, which is what makes data survive restarts.
         r = subprocess.run(
@@ -406,7 +415,7 @@ def _start_kafka_locked(state_dir: Path, state: dict[str, Any], timeout: float) 
     t0 = time.monotonic()
     with open(paths["log"], "ab") as fh:
         fh.write(f"\n===== devstack start {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
-    k["pid"] = _spawn(jvm + ["kafka.Kafka", str(paths["props"])], paths["log"], paths["dir"])
+    k["pid"] = _spawn(jvm[:1] + cds_flags + jvm[1:] + ["kafka.Kafka", str(paths["props"])], paths["log"], paths["dir"])
     _write_state(state_dir, state)
     bootstrap = f"127.0.0.1:{k['port']}"
     deadline = t0 + timeout
@@ -563,10 +572,9 @@ def down(state_dir: Path, timeout: float = STOP_TIMEOUT_S) -> None:
     with _locked(state_dir):
         state = _read_state(state_dir)
         k, r = state.get("kafka", {}), state.get("redis", {})
-        _stop_pid(k.get("pid"), _kafka_marker(state_dir), timeout)
+        _stop_kafka_locked(state_dir, k, timeout)
         if r.get("port"):
             _stop_pid(r.get("pid"), _redis_marker(r["port"]), timeout)
-        k.pop("pid", None)
         r.pop("pid", None)
         _write_state(state_dir, state)
 
@@ -583,14 +591,26 @@ def status(state_dir: Path) -> dict[str, Any]:
     return {"kafka": k, "redis": r, "settings": settings_of(state)}
 
 
+def _stop_kafka_locked(state_dir: Path, k: dict[str, Any], timeout: float, hard: bool = False) -> None:
+    _stop_pid(k.get("pid"), _kafka_marker(state_dir), timeout, hard=hard)
+    k.pop("pid", None)
+    dump = k.pop("cds_dump", None)
+    if dump and Path(dump).exists():
+        # The JVM wrote it on exit; publish it atomically for the next starts.
+        final = Path(dump).parent / "kafka.jsa"
+        if final.exists():
+            Path(dump).unlink(missing_ok=True)
+        else:
+            os.replace(dump, final)
+
+
 def stop_kafka(state_dir: Path, hard: bool = False, timeout: float = STOP_TIMEOUT_S) -> None:
     """Stop the broker only; ``hard`` sends SIGKILL (a crash), otherwise a clean shutdown."""
     state_dir = Path(state_dir)
     with _locked(state_dir):
         state = _read_state(state_dir)
         k = state.get("kafka", {})
-        _stop_pid(k.get("pid"), _kafka_marker(state_dir), timeout, hard=hard)
-        k.pop("pid", None)
+        _stop_kafka_locked(state_dir, k, timeout, hard=hard)
         if state:
             _write_state(state_dir, state)
 
