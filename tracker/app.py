@@ -1,9 +1,10 @@
-"""The aiohttp application and the `skvoz run` lifecycle.
+"""The aiohttp application and the `skvoz run` / `skvoz collector` lifecycles.
 
-``build_app`` wires routes over a ``State`` (config, runtime, store, counters); tests build it
-with a fake runtime. ``serve`` is the embedded default: listen first (so /healthz answers 503
-while starting), then migrate ClickHouse, start the runtime, and flip to ready; on SIGTERM or
-SIGINT stop accepting, drain the runtime, close the store.
+``build_app`` wires routes over a ``State`` (config, runtime or publisher, store, counters);
+tests build it with a fake runtime. ``serve`` is the embedded default: listen first (so /healthz
+answers 503 while starting), then migrate ClickHouse, start the runtime, and flip to ready; on
+SIGTERM or SIGINT stop accepting, drain the runtime, close the store. ``serve_collector`` is the
+scale-out collector: the same collector routes publishing to Kafka, no ClickHouse, no query API.
 """
 
 from __future__ import annotations
@@ -49,11 +50,34 @@ class RuntimeLike(Protocol):
     def stats(self) -> dict: ...
 
 
+class PublisherLike(Protocol):
+    async def publish(self, events: list[Event]) -> None: ...
+    def health(self) -> dict: ...
+    def stats(self) -> dict: ...
+
+
+class SubmitError(Exception):
+    """Events were not accepted; ``status`` and ``reason`` go to the client."""
+
+    def __init__(self, status: int, message: str, reason: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.reason, self.retry_after = status, reason, retry_after
+
+
+class Unavailable(SubmitError):
+    """Not durably accepted for now (log or Kafka unavailable): 503, the client retries."""
+
+    def __init__(self, message: str, reason: str = "unavailable", retry_after: int = 1):
+        super().__init__(503, message, reason, retry_after)
+
+
 @dataclass
 class State:
     cfg: Config
     runtime: RuntimeLike | None = None
     store: Any = None  # sink.store.Store
+    publisher: PublisherLike | None = None  # Kafka (`skvoz collector`) instead of the runtime
+    edge: Any = None  # tracker.edge_state.EdgeState: shared dedup and rate limit (Redis)
     ready: bool = False
     metrics: Metrics = field(default_factory=Metrics)
     # blocking ClickHouse calls run here so the loop keeps serving /collect
@@ -78,6 +102,27 @@ class State:
             return True
         domains = self.all_domains if project is None else self.project_domains.get(project.id, ())
         return _host_matches(host, domains)
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and (self.runtime is not None or self.publisher is not None)
+
+    async def submit(self, events: list[Event], *, offload: bool = False) -> None:
+        """Hand events to the durable log (local log or Kafka); returns once they are durable.
+        ``offload``: a big batch, appended to the local log off the event loop."""
+        if self.publisher is not None:
+            await self.publisher.publish(events)
+            return
+        rt = self.runtime
+        if rt is None:
+            raise Unavailable("server is starting", "not_ready")
+        try:
+            if offload:
+                await asyncio.get_running_loop().run_in_executor(None, rt.submit, events)
+            else:
+                rt.submit(events)
+        except RuntimeError as e:
+            raise Unavailable(f"not accepting events: {e}", "not_ready") from None
 
 
 @lru_cache(maxsize=1024)
@@ -173,9 +218,17 @@ async def healthz(request: web.Request) -> web.Response:
         body = {"status": "failed" if st.startup_error else "starting"}
         if st.startup_error:
             body["error"] = st.startup_error
+        if st.publisher is not None:
+            body["kafka"] = st.publisher.health()
         return json_response(body, status=503, headers={"Retry-After": "1"})
     out: dict[str, Any] = {"status": "ok"}
     status = 200
+    if st.publisher is not None:
+        out["kafka"] = st.publisher.health()
+        if not out["kafka"]["healthy"]:  # events would get 503 here: route them elsewhere
+            out["status"], status = "kafka unavailable", 503
+    if st.edge is not None:  # informative only: the collector works without Redis
+        out["redis"] = st.edge.health()
     if st.runtime is not None:
         try:
             stats = st.runtime.stats()
@@ -193,7 +246,8 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def build_app(state: State) -> web.Application:
+def build_app(state: State, *, query_api: bool = True) -> web.Application:
+    """``query_api=False``: the collector routes only (`skvoz collector`)."""
     from tracker import api, collector
 
     app = web.Application(client_max_size=MAX_BODY)
@@ -202,10 +256,15 @@ def build_app(state: State) -> web.Application:
                              lambda: {"state": int(state.ready)})
     state.metrics.add_gauges("skvoz_runtime", "embedded runtime counter",
                              lambda: state.runtime.stats() if state.runtime else {})
+    state.metrics.add_gauges("skvoz_kafka", "Kafka publisher counter",
+                             lambda: state.publisher.stats() if state.publisher else {})
+    state.metrics.add_gauges("skvoz_edge", "Redis edge state counter",
+                             lambda: state.edge.stats() if state.edge else {})
     add_route(app, "GET", "/healthz", healthz)
     add_route(app, "GET", "/metrics", metrics)
     collector.add_routes(app)
-    api.add_routes(app)
+    if query_api:
+        api.add_routes(app)
     _finish_routes(app)
     return app
 
@@ -250,13 +309,11 @@ def _stop_backend(state: State) -> None:
             log.exception("store close failed")
 
 
-async def serve(cfg: Config, host: str | None = None, port: int | None = None) -> int:
-    """Run until SIGTERM/SIGINT. Returns the process exit code."""
-    host = host or cfg.server.host
-    port = cfg.server.port if port is None else port
-    state = State(cfg)
-    app = build_app(state)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+async def _listen(app: web.Application, host: str, port: int,
+                  shutdown_timeout: float = 5) -> web.AppRunner | None:
+    """Start serving ``app``; None (logged) when the address cannot be bound."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
@@ -264,14 +321,32 @@ async def serve(cfg: Config, host: str | None = None, port: int | None = None) -
     except OSError as e:
         await runner.cleanup()
         log.error("cannot listen on %s:%s: %s", host, port, e)
-        return 2
+        return None
     bound = [a[:2] for a in runner.addresses if isinstance(a, tuple)]
     log.info("listening on %s", ", ".join(f"http://{h}:{p}" for h, p in bound) or f"{host}:{port}")
+    return runner
 
-    loop = asyncio.get_running_loop()
+
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve(cfg: Config, host: str | None = None, port: int | None = None) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    host = host or cfg.server.host
+    port = cfg.server.port if port is None else port
+    state = State(cfg)
+    app = build_app(state)
+    runner = await _listen(app, host, port)
+    if runner is None:
+        return 2
+
+    loop = asyncio.get_running_loop()
+    stop = _stop_on_signals()
 
     code = 0
     try:
@@ -296,3 +371,58 @@ async def serve(cfg: Config, host: str | None = None, port: int | None = None) -
         loop.remove_signal_handler(sig)
     log.info("stopped")
     return code
+
+
+# -- skvoz collector --------------------------------------------------------------------------
+
+
+async def serve_collector(cfg: Config, host: str | None = None, port: int | None = None) -> int:
+    """The scale-out collector: run until SIGTERM/SIGINT. Listens at once and answers /healthz
+    503 until Kafka is reachable (retrying by itself); on shutdown finishes the in-flight
+    requests, then flushes the producer."""
+    from tracker.kafka_publisher import KafkaPublisher
+
+    host = host or cfg.server.host
+    port = cfg.server.port if port is None else port
+    state = State(cfg)
+    publisher = KafkaPublisher(cfg.kafka)
+    state.publisher = publisher
+    if cfg.redis.url:
+        from tracker.edge_state import EdgeState
+
+        # A claim outlives the longest publish (the ack bound) by a margin.
+        state.edge = EdgeState(cfg.redis.url, dedup_window_s=cfg.redis.dedup_window_s,
+                               rate_limit_per_site=cfg.server.rate_limit_per_site,
+                               claim_ms=cfg.kafka.ack_timeout_ms + 5000,
+                               prefix=cfg.kafka.topic_prefix)
+    elif cfg.server.rate_limit_per_site:
+        log.warning("[server] rate_limit_per_site needs [redis] url; not enforced")
+    app = build_app(state, query_api=False)
+    # in-flight requests may wait for their Kafka acks before the server closes
+    runner = await _listen(app, host, port, shutdown_timeout=cfg.kafka.ack_timeout_ms / 1000 + 2)
+    if runner is None:
+        return 2
+    stop = _stop_on_signals()
+
+    async def connect() -> None:
+        await publisher.start()
+        state.ready = True
+        log.info("ready: kafka=%s topic=%s redis=%s", cfg.kafka.bootstrap, publisher.topic,
+                 "on" if state.edge is not None else "off")
+
+    starter = asyncio.create_task(connect(), name="kafka-connect")
+    await stop.wait()
+    log.info("shutting down")
+    state.ready = False
+    starter.cancel()
+    await asyncio.gather(starter, return_exceptions=True)
+    await runner.cleanup()  # stop accepting, finish in-flight requests (they await acks)
+    await publisher.stop()
+    if state.edge is not None:
+        await state.edge.close()
+    state.executor.shutdown(wait=False, cancel_futures=True)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0

@@ -1,4 +1,4 @@
-"""`skvoz` command line: init, run, migrate, dev up|down|status, worker, sink.
+"""`skvoz` command line: init, run, migrate, dev up|down|status, worker, sink, collector.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config (message on stderr, no traceback).
 """
@@ -159,6 +159,15 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return asyncio.run(serve_sink(cfg, args.host, args.port, session_timeout=args.session_timeout))
 
 
+def cmd_collector(args: argparse.Namespace) -> int:
+    from tracker.app import serve_collector
+
+    cfg = _scaleout_config(args)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: not a port number")
+    return asyncio.run(serve_collector(cfg, args.host, args.port))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skvoz", description="Skvoz end-to-end marketing analytics")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -201,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--session-timeout", type=float, default=10.0, metavar="S",
                       help="seconds before a silent sink's partitions move to another sink")
     sink.set_defaults(func=cmd_sink)
+
+    coll = with_config(sub.add_parser("collector", help="scale-out HTTP collector: events -> Kafka"))
+    coll.add_argument("--host", help="listen address (default from config)")
+    coll.add_argument("--port", type=int, help="listen port (default from config)")
+    coll.set_defaults(func=cmd_collector)
     return p
 
 

@@ -1,14 +1,15 @@
 """Collector routes: /collect (browsers), /api/v1/import/events (trusted backfills), /s.js,
 /calltracking/numbers.
 
-An accepted event is appended to the runtime's durable log *before* the 202 goes out, so an
-acknowledged event survives a crash. The pipeline dedups by event id, so replays are harmless
-and the collector keeps no dedup state of its own (only within one request).
+An accepted event is in the durable log (the runtime's local log, or Kafka for `skvoz collector`)
+*before* the 202 goes out, so an acknowledged event survives a crash; when it cannot be made
+durable the answer is 503 with Retry-After. The pipeline dedups by event id, so replays are
+harmless; with Redis (``State.edge``) collectors also skip ids published recently, to save load,
+and enforce the per-site rate limit (429).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 import time
@@ -18,7 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from tracker import enrich
-from tracker.app import STATE, State, add_route, dumps, error, json_response, loads
+from tracker.app import (STATE, State, SubmitError, Unavailable, add_route, dumps, error,
+                         json_response, loads)
 
 COLLECT_MAX_BYTES = 256 * 1024
 COLLECT_MAX_EVENTS = 100
@@ -79,12 +81,59 @@ def _refuse(st: State, route: str, status: int, message: str, reason: str,
     return resp
 
 
+def _not_submitted(st: State, route: str, e: SubmitError, origin: str | None = None,
+                   **extra: Any) -> web.Response:
+    resp = _refuse(st, route, e.status, str(e), e.reason, origin, **extra)
+    if e.retry_after is not None:
+        resp.headers["Retry-After"] = str(e.retry_after)
+        if origin:  # let the counter's script read it
+            resp.headers["Access-Control-Expose-Headers"] = "Retry-After"
+    return resp
+
+
+def _not_ready() -> web.Response:
+    resp = error(503, "server is starting", reason="not_ready")
+    resp.headers["Retry-After"] = "1"
+    return resp
+
+
+class RateLimited(SubmitError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(429, f"more than {limit} events/s for this site; retry later",
+                         "rate_limited", retry_after=1)
+
+
+async def _submit_checked(st: State, site_key: str, project_id: str, events: list) -> int:
+    """Submit with the shared edge state when there is one: rate limit, then publish only the
+    ids not published before. Returns how many were such duplicates (already durable)."""
+    edge = st.edge
+    if edge is None:
+        await st.submit(events)
+        return 0
+    adm = await edge.admit(site_key, project_id, [e.event_id for e in events])
+    if adm.limited:
+        raise RateLimited(edge.limit)
+    if adm.in_flight:
+        await edge.release(adm)
+        raise Unavailable("some of these events are being stored by another request",
+                          "in_flight")
+    fresh = [e for e in events if e.event_id not in adm.duplicates] if adm.duplicates else events
+    if fresh:
+        try:
+            await st.submit(fresh)
+        except Exception:
+            await edge.release(adm)
+            raise
+        await edge.confirm(adm)
+    return len(events) - len(fresh)
+
+
 async def collect(request: web.Request) -> web.Response:
     st = request.app[STATE]
     route = "/collect"
     origin = request.headers.get("Origin")
-    if not st.ready or st.runtime is None:
-        return error(503, "server is starting", reason="not_ready")
+    if not st.accepting:
+        return _not_ready()
     if _media_type(request) not in _JSON_TYPES:
         return _refuse(st, route, 415, "send JSON as application/json or text/plain",
                        "unsupported_media_type")
@@ -132,15 +181,18 @@ async def collect(request: web.Request) -> web.Response:
     ctx = enrich.collect_context(project, site, cid, request.headers.get("User-Agent", ""),
                                  st.pii_key, drop_bots=st.cfg.server.drop_bots)
     result = enrich.enrich_batch(events, ctx)
+    duplicates = 0
     if result.events:
         try:
-            st.runtime.submit(result.events)
-        except RuntimeError as e:
-            return error(503, f"not accepting events: {e}", reason="not_ready")
-    _count(st, "collect", project.id, result)
+            duplicates = await _submit_checked(st, key, project.id, result.events)
+        except SubmitError as e:
+            return _not_submitted(st, route, e, origin)
+    _count(st, "collect", project.id, result, duplicates)
 
     reply: dict[str, Any] = {"client_id": cid, "accepted": len(result.events),
                              "rejected": result.rejected}
+    if duplicates:
+        reply["duplicates"] = duplicates
     if result.warnings:
         reply["warnings"] = result.warnings
     cookie = f"{COOKIE}={cid}; Max-Age={COOKIE_MAX_AGE}; Path=/; SameSite=Lax"
@@ -153,10 +205,11 @@ async def collect(request: web.Request) -> web.Response:
     return web.Response(body=dumps(reply), status=202, headers=headers)
 
 
-def _count(st: State, endpoint: str, project_id: str, result: enrich.Result) -> None:
+def _count(st: State, endpoint: str, project_id: str, result: enrich.Result,
+           duplicates: int = 0) -> None:
     m = st.metrics
-    if result.events:
-        m.accepted.inc(endpoint, project_id, by=len(result.events))
+    if len(result.events) > duplicates:  # duplicates were counted when first accepted
+        m.accepted.inc(endpoint, project_id, by=len(result.events) - duplicates)
     for reason, n in result.reasons.items():
         m.rejected.inc(endpoint, reason, by=n)
     for (fld, reason), n in result.contact_drops.items():
@@ -229,8 +282,8 @@ async def import_events(request: web.Request) -> web.Response:
     project, denied = authenticate(request)
     if denied is not None:
         return denied
-    if not st.ready or st.runtime is None:
-        return error(503, "server is starting", reason="not_ready")
+    if not st.accepting:
+        return _not_ready()
     if _media_type(request) not in _JSON_TYPES | {"application/x-ndjson", "application/jsonl"}:
         return _refuse(st, route, 415, "send a JSON array or JSON lines", "unsupported_media_type")
     try:
@@ -274,17 +327,16 @@ async def import_events(request: web.Request) -> web.Response:
             continue
         enrich.enrich_one(item, ctx, i, result, seen)
 
-    loop = asyncio.get_running_loop()
     submitted = 0
     try:
-        # big imports: the log appends happen off the loop, in chunks
+        # Big imports go in chunks (local log appends off the loop). No edge dedup here: a
+        # backfill is not a browser replaying, and the pipeline dedups anyway.
         for start in range(0, len(result.events), IMPORT_SUBMIT_CHUNK):
             chunk = result.events[start:start + IMPORT_SUBMIT_CHUNK]
-            await loop.run_in_executor(None, st.runtime.submit, chunk)
+            await st.submit(chunk, offload=True)
             submitted += len(chunk)
-    except RuntimeError as e:
-        return error(503, f"not accepting events: {e}", reason="not_ready",
-                     accepted=submitted)
+    except SubmitError as e:
+        return _not_submitted(st, route, e, accepted=submitted)
     result.events = result.events[:submitted]
     _count(st, "import", project.id, result)
     reply: dict[str, Any] = {"accepted": submitted, "rejected": result.rejected}
