@@ -185,16 +185,25 @@ def generate(n_events: int, days: int, seed: int) -> dict[str, pd.DataFrame]:
     m = pd.merge_asof(cs, sig.sort_values("start_ts"), left_on="ts", right_on="start_ts", by="client_id")
     m = m.set_index("index").sort_index()
     credit["last_significant_click"] = np.where(m["svi"].isna(), conv["vi"], m["svi"].fillna(0)).astype(np.int64)
-    attrs = []
-    for model in MODELS:
-        c = credit[model]
+    def credited(model: str, c: np.ndarray, weight: float) -> pd.DataFrame:
         a = conv[["conversion_id", "ts", "kind", "name", "person_id", "value"]].rename(columns={"ts": "conversion_ts"})
         a["model"] = model
         for col in ("visit_id", "source_type", "source", "medium", "campaign"):
             a[col] = visits[col].to_numpy()[c]
         a["visit_start"] = visits["start_ts"].to_numpy()[c]
-        a["weight"] = 1.0
-        attrs.append(a)
+        a["weight"] = weight
+        return a
+
+    attrs = []
+    for model in MODELS:
+        if model in credit:
+            attrs.append(credited(model, credit[model], 1.0))
+        else:
+            # Multi-touch models (linear): half to the first visit, half to the last.
+            both = pd.concat([credited(model, credit["first_click"], 0.5), credited(model, credit["last_click"], 0.5)])
+            keys = ["conversion_id", "visit_id"]
+            both["weight"] = both.groupby(keys)["weight"].transform("sum")
+            attrs.append(both.drop_duplicates(keys))
     attributions = pd.concat(attrs, ignore_index=True)
 
     # -- identities: ~3% of clients merged into another --------------------------------------
