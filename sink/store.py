@@ -76,7 +76,9 @@ class Store:
         )
 
     def ping(self) -> bool:
-        """True when ClickHouse answers a trivial query."""
+        """True when ClickHouse answers a trivial query (False once closed)."""
+        if self._closed:
+            return False
         try:
             return self.read_client.command("SELECT 1") == 1
         except Exception as e:  # noqa: BLE001 - a health check reports, it does not raise
