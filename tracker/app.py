@@ -384,6 +384,10 @@ async def serve_collector(cfg: Config, host: str | None = None, port: int | None
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
+    if not log.isEnabledFor(logging.DEBUG):
+        # aiokafka logs every failed reconnect (several lines a second while a broker is down);
+        # the publisher logs the transitions and /healthz shows the reason.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     state = State(cfg)
     publisher = KafkaPublisher(cfg.kafka)
     state.publisher = publisher

@@ -43,6 +43,11 @@ def _values(events: list[Event]) -> list[bytes]:
     return _values(events[:mid]) + _values(events[mid:])
 
 
+def _describe(e: BaseException) -> str:
+    text = str(e)  # aiokafka's messages often start with the class name already
+    return text if text.startswith(type(e).__name__) else f"{type(e).__name__}: {text}"
+
+
 def _producer_state_errors() -> tuple[type, ...]:
     # Errors about the producer's own idempotence state: retrying with it cannot help.
     from aiokafka import errors as e
@@ -125,7 +130,7 @@ class KafkaPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self.last_error = f"Kafka at {self.cfg.bootstrap} unavailable: {type(e).__name__}: {e}"
+                self.last_error = f"Kafka at {self.cfg.bootstrap} unavailable: {_describe(e)}"
                 log.warning("%s; retrying in %.1fs", self.last_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, START_RETRY_MAX_S)
@@ -178,7 +183,7 @@ class KafkaPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                ok, reason = False, f"{type(e).__name__}: {e}"
+                ok, reason = False, _describe(e)
             if ok and not self.healthy:
                 log.info("Kafka is back: every partition of %s has a leader", self.topic)
                 self.healthy, self.last_error = True, ""
@@ -236,7 +241,7 @@ class KafkaPublisher:
                               "event_too_large") from None
         except KafkaError as e:
             _discard(futures)
-            self._failed(f"{type(e).__name__}: {e}")
+            self._failed(_describe(e))
             if isinstance(e, _producer_state_errors()):
                 self._schedule_reset(e)
             raise Unavailable(f"Kafka did not accept the events: {type(e).__name__}",
@@ -268,7 +273,7 @@ class KafkaPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self.last_error = f"Kafka producer restart failed: {type(e).__name__}: {e}"
+                self.last_error = f"Kafka producer restart failed: {_describe(e)}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, START_RETRY_MAX_S)
         else:
