@@ -326,8 +326,11 @@ def fix_faust_recovery_race() -> None:
     original = Recovery.on_recovery_completed
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
-        self.app.flow_control.suspend()
-        self.app.consumer.stop_flow()
+        # Only for the current generation: for a stale one the original returns early without
+        # resuming, and the next rebalance's recovery resumes the flow itself.
+        if self.app.consumer_generation_id == generation_id:
+            self.app.flow_control.suspend()
+            self.app.consumer.stop_flow()
         await original(self, generation_id)  # resumes partitions, seeks, then resumes the flow
 
     on_recovery_completed._skvoz_fixed = True
