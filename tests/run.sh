@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite from a clean checkout: installs what it needs (Python packages, Debian's
-# redis-server and chromium, the Kafka jars from Maven Central, npm packages), then runs the
+# redis-server, chromium and nginx, the Kafka jars from Maven Central, npm packages), then runs the
 # JS counter's unit and browser tests and the Python suite (unit, chdb integration, end-to-end
 # over real processes, Kafka + Redis). Usage: bash tests/run.sh [extra pytest args]
 set -euo pipefail
@@ -11,6 +11,7 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test,scale]'
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v nginx >/dev/null || missing+=(nginx-light)  # `nginx -t` on deploy/nginx.conf
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
