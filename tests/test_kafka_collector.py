@@ -473,3 +473,77 @@ async def test_edge_rate_limit_window(redis_url):
 
 async def _sleep_to_next_second() -> None:
     await asyncio.sleep(1.02 - (time.time() % 1))
+
+
+# -- the publisher on its own -------------------------------------------------------------------------
+
+
+def _events(n: int, client: str = "c1"):
+    from streams.model import Event
+
+    now = int(time.time() * 1000)
+    return [Event(project_id=PROJECT, site="shop.example.ru", event_id=str(uuid.uuid4()),
+                  client_id=client, type="pageview", ts=now, received_at=now) for _ in range(n)]
+
+
+async def test_unacknowledged_publish_raises_within_the_ack_bound(kafka_bootstrap, kafka_state_dir):
+    """A broker that holds the connection but answers nothing (frozen with SIGSTOP: a long GC
+    pause, a network partition): publish gives up at ack_timeout_ms, never returns normally,
+    and publishing resumes by itself when the broker does."""
+    from tracker.app import Unavailable
+    from tracker.config import Kafka
+    from tracker.kafka_publisher import KafkaPublisher
+
+    if kafka_state_dir is None or os.environ.get("SKVOZ_TEST_KAFKA_BOOTSTRAP"):
+        pytest.skip("the broker is external; cannot freeze it")
+    broker_pid = devstack.status(kafka_state_dir)["kafka"]["pid"]
+    prefix = f"kc{uuid.uuid4().hex[:8]}"
+    pub = KafkaPublisher(Kafka(bootstrap=kafka_bootstrap, topic_prefix=prefix,
+                               partitions=PARTITIONS, ack_timeout_ms=500))
+    await asyncio.wait_for(pub.start(), 60)
+    try:
+        await pub.publish(_events(1))
+        os.kill(broker_pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(Unavailable) as info:
+                await pub.publish(_events(2))
+            assert info.value.reason == "kafka_timeout" and info.value.retry_after
+            assert 0.45 < time.monotonic() - t0 < 2
+            assert not pub.healthy and pub.counters["ack_timeouts"] == 1
+            with pytest.raises(Unavailable) as info:  # meanwhile: fail fast, no new waits
+                await pub.publish(_events(1))
+            assert info.value.reason == "kafka_unavailable"
+        finally:
+            os.kill(broker_pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while not pub.healthy:
+            assert time.monotonic() < deadline, f"publisher did not recover: {pub.health()}"
+            await asyncio.sleep(0.1)
+        await pub.publish(_events(1))
+        assert pub.counters["published_events"] == 2
+    finally:
+        await pub.stop()
+
+
+async def test_producer_reset_replaces_a_broken_producer(kafka_bootstrap):
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    from tracker.config import Kafka
+    from tracker.kafka_publisher import KafkaPublisher
+
+    prefix = f"kc{uuid.uuid4().hex[:8]}"
+    pub = KafkaPublisher(Kafka(bootstrap=kafka_bootstrap, topic_prefix=prefix, partitions=PARTITIONS))
+    await asyncio.wait_for(pub.start(), 60)
+    try:
+        await pub.publish(_events(1))
+        old = pub._producer
+        pub._schedule_reset(OutOfOrderSequenceNumber())
+        await asyncio.wait_for(pub._reset_task, 60)
+        assert pub._producer is not old and pub.counters["producer_resets"] == 1
+        assert old._closed, "the replaced producer is closed"
+        await pub.publish(_events(3, "c2"))
+        ids = published_ids(kafka_bootstrap, prefix)
+        assert sum(ids.values()) == 4
+    finally:
+        await pub.stop()

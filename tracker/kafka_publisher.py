@@ -163,14 +163,18 @@ class KafkaPublisher:
 
     # -- health ---------------------------------------------------------------------------------
 
-    async def _leaders_ok(self) -> bool:
+    async def _check(self) -> str:
+        """'' when every partition of the topic has a leader, else what is wrong."""
         client = self._producer.client
         if not await asyncio.wait_for(client.force_metadata_update(), timeout=3.0):
-            return False
+            return "no broker answers a metadata request"
         parts = client.cluster.partitions_for_topic(self.topic)
         if not parts:
-            return False
-        return len(client.cluster.available_partitions_for_topic(self.topic)) == len(parts)
+            return f"topic {self.topic} not found"
+        led = client.cluster.available_partitions_for_topic(self.topic)
+        if len(led) < len(parts):
+            return f"{len(parts) - len(led)} of {len(parts)} partitions of {self.topic} have no leader"
+        return ""
 
     async def _probe_loop(self) -> None:
         while True:
@@ -178,17 +182,16 @@ class KafkaPublisher:
             if self._producer is None:
                 continue
             try:
-                ok = await self._leaders_ok()
-                reason = "" if ok else f"no leader for some partitions of {self.topic}"
+                reason = await self._check()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                ok, reason = False, _describe(e)
-            if ok and not self.healthy:
+                reason = _describe(e)
+            if not reason and not self.healthy:
                 log.info("Kafka is back: every partition of %s has a leader", self.topic)
                 self.healthy, self.last_error = True, ""
-            elif not ok and self.healthy:
-                self._unhealthy(f"Kafka metadata: {reason or 'unreachable'}")
+            elif reason and self.healthy:
+                self._unhealthy(f"Kafka metadata: {reason}")
 
     def _unhealthy(self, reason: str) -> None:
         if self.healthy:
