@@ -213,7 +213,8 @@ class EdgeState:
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
+        close = getattr(self.client, "aclose", None) or self.client.close  # redis < 5.0.1: close
         try:
-            await self.client.aclose()
+            await close()
         except Exception:
             pass
