@@ -18,7 +18,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import operator
 import os
 import pickle
 import threading
@@ -26,22 +25,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .model import EVENT_FIELDS, EVENT_TYPES, Event, Output
+from .codec import decode_events, encode_events
+from .model import EVENT_TYPES, Event, Output
 
-try:  # several times faster for the log's hot path; the stdlib is the fallback
-    import orjson
-
-    def _dumps(rows: list) -> bytes:
-        return orjson.dumps(rows)
-
-    _loads = orjson.loads
-except ImportError:  # pragma: no cover
-    def _dumps(rows: list) -> bytes:
-        return json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode()
-
-    _loads = json.loads
-
-_event_values = operator.attrgetter(*EVENT_FIELDS)
 from .pipeline import Pipeline, State
 from .rules import ProjectRules
 
@@ -52,7 +38,7 @@ _READ_CHUNK = 8 << 20
 
 
 class LocalLog:
-    """Append-only file of JSON lines, one line = a list of events (positional form)."""
+    """Append-only file of lines, each a list of events in the Kafka wire format (streams.codec)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +79,7 @@ class LocalLog:
     def append(self, events: list[Event]) -> int:
         """Write events durably (against process death); the log's new end offset."""
         data = b"".join(
-            _dumps([_event_values(e) for e in events[i : i + MAX_EVENTS_PER_LINE]]) + b"\n"
+            encode_events(events[i : i + MAX_EVENTS_PER_LINE]) + b"\n"
             for i in range(0, len(events), MAX_EVENTS_PER_LINE)
         )
         with self._lock:
@@ -263,7 +249,7 @@ class Runtime:
         events: list[Event] = []
         for line in lines:
             try:
-                events.extend(Event.from_list(values) for values in _loads(line))
+                events.extend(decode_events(line))
             except (ValueError, TypeError) as e:
                 self._dead_letter(line.decode("utf-8", "replace"), f"undecodable: {e}")
         return events

@@ -390,7 +390,7 @@ def make_app(
     *,
     store: str = "memory://",
     datadir: str | None = None,
-    batch_max: int = 1000,
+    batch_max: int | None = None,
     batch_ms: int | None = None,
     session_timeout: float = 30.0,
 ):
@@ -426,6 +426,9 @@ def make_app(
         producer_request_timeout=max(cfg.kafka.ack_timeout_ms / 1000, 30.0),
         table_standby_replicas=0,
         broker_commit_interval=0.5,
+        # A broker that just restarted can answer metadata without our topics; a rebalance then
+        # assigns nothing, and only the next metadata refresh (5 min by default) heals it.
+        consumer_metadata_max_age_ms=10_000,
         stream_wait_empty=True,  # finish the batch in hand before a rebalance or stop
         **timing,
     )
@@ -447,6 +450,9 @@ def make_app(
         tables[name] = table
     stages = Stages(app, cfg, names, tables)
     within = (batch_ms if batch_ms is not None else cfg.pipeline.batch_max_ms) / 1000
+    # Messages per batch: bigger batches mean fewer views and person messages for the same
+    # clients (one per client per batch) and fewer changelog writes of the same key.
+    batch_max = batch_max or min(cfg.pipeline.batch_max_events, 10_000)
 
     async def run(stage, stream) -> None:
         async for batch in stream.take_events(batch_max, within=within):
