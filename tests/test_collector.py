@@ -720,3 +720,11 @@ async def test_refusals_carry_cors_so_the_counter_can_read_them(client):
     r = await post(client, [pv()], site="no-such-key-123", headers={"Origin": "https://shop.example.ru"})
     assert r.status == 403
     assert r.headers["Access-Control-Allow-Origin"] == "https://shop.example.ru"
+
+
+async def test_livez_answers_while_not_ready(runtime):
+    """Liveness never depends on readiness: a collector waiting for Kafka must not be restarted."""
+    st = State(make_config(), runtime=runtime, ready=False)
+    async with TestClient(TestServer(build_app(st))) as c:
+        assert (await c.get("/healthz")).status == 503
+        assert (await c.get("/livez")).status == 200

@@ -240,6 +240,12 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response(out, status=status)
 
 
+async def livez(request: web.Request) -> web.Response:
+    """Liveness: the event loop answers. Readiness (/healthz) also depends on Kafka or the
+    runtime, and an orchestrator must not restart collectors because Kafka is away."""
+    return json_response({"status": "alive"})
+
+
 async def metrics(request: web.Request) -> web.Response:
     st = request.app[STATE]
     return web.Response(text=st.metrics.render(),
@@ -261,6 +267,7 @@ def build_app(state: State, *, query_api: bool = True) -> web.Application:
     state.metrics.add_gauges("skvoz_edge", "Redis edge state counter",
                              lambda: state.edge.stats() if state.edge else {})
     add_route(app, "GET", "/healthz", healthz)
+    add_route(app, "GET", "/livez", livez)
     add_route(app, "GET", "/metrics", metrics)
     collector.add_routes(app)
     if query_api:

@@ -268,6 +268,10 @@ def spec() -> dict:
                         "responses": {"200": {"description": "Ready"},
                                       "503": {"description": "Starting or failed"}}},
             },
+            "/livez": {
+                "get": {"summary": "Liveness: the process answers (does not depend on Kafka)",
+                        "responses": {"200": {"description": "Alive"}}},
+            },
             "/metrics": {
                 "get": {"summary": "Prometheus counters (accepted, rejected by reason, runtime)",
                         "responses": {"200": {"description": "Prometheus text format",
