@@ -217,11 +217,18 @@ class Runtime:
     def _run(self) -> None:
         last_snapshot = time.monotonic()
         wait_s = self.batch_max_ms / 1000
+        started = 0.0
         while True:
             if not self.log.wait(self._offset, wait_s):
                 if self._stopping.is_set():
                     break
                 continue
+            # Under steady load, let a batch gather for up to batch_max_ms: each batch costs
+            # one insert per table, and tiny batches would spend the CPU the collector needs.
+            pause = started + wait_s - time.monotonic()
+            if pause > 0 and self.log.end - self._offset < _READ_CHUNK and not self._stopping.is_set():
+                self._stopping.wait(pause)
+            started = time.monotonic()
             replaying = self._offset < self._written
             lines, end = self.log.read(self._offset, upto=self._written if replaying else None)
             events = self._decode(lines)
