@@ -82,6 +82,7 @@ class KafkaSink:
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=min(3000, self.session_timeout_ms // 3),
             max_poll_interval_ms=600_000,  # an insert into a slow ClickHouse must not cost the group
+            metadata_max_age_ms=10_000,  # see streams.faust_app: heal an empty assignment quickly
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=16 << 20,
         )

@@ -31,6 +31,10 @@ topics the worker does not consume (rows) go outside any transaction.
 
 Bad messages (undecodable, invalid events, unknown project, a handler error) go to the
 dead-letter topic with a reason; the stream goes on.
+
+Faust internals used on purpose (pinned to faust-streaming 0.15): the current-event context
+variable (``_as_of``), the table's store and changelog topic (``_commit_batch``), and the
+consumer's ack bookkeeping (``_unstick_commits``, a workaround for a rebalance bug).
 """
 
 from __future__ import annotations
@@ -226,8 +230,8 @@ class Stages:
             pending = failed
         return results
 
-    def _outputs(self, out: Output, stage: str, key_of_rows: bytes | None) -> list[tuple[str, bytes | None, bytes]]:
-        records = [(self.topics["rows"], key_of_rows, m) for m in encode_rows(out)]
+    def _outputs(self, out: Output, stage: str) -> list[tuple[str, bytes | None, bytes]]:
+        records = [(self.topics["rows"], None, m) for m in encode_rows(out)]  # any partition
         self.counters["rows"] += len(out)
         for event, reason in out.rejected:
             records.append(self._dead(reason, stage, value=event.to_list()))
@@ -281,8 +285,14 @@ class Stages:
 
     # -- 1. clients -----------------------------------------------------------------------------
     async def clients(self, batch: list) -> None:
+        """One ``client_handle`` call per message, never per batch: after a crash the messages
+        are read again in other batches, and only message-by-message steps pass through the
+        same intermediate states, so the rows sent before the crash (e.g. a visit that a later
+        event folds into an earlier one) get the same follow-up rows (its tombstone)."""
         records: list = []
-        groups: dict[bytes, tuple[list[Event], Any]] = {}
+        rows = Output()
+        table = self.tables["clients"]
+        slots: dict = {}
         for ev in batch:
             key, value = ev.message.key, ev.message.value
             try:
@@ -302,29 +312,27 @@ class Stages:
                 else:
                     good.append(e)
             self.counters["events"] += len(events)
-            if good:
-                group = groups.setdefault(key, ([], ev))
-                group[0].extend(good)
-                groups[key] = (group[0], ev)
-        table = self.tables["clients"]
-        slots: dict = {}
-        for key, (events, last) in groups.items():
-            project_id = events[0].project_id
+            if not good:
+                continue
+            project_id = good[0].project_id
+            slot = slots[key][1] if key in slots else table.get(key)
             try:
-                slot, out, view = client_handle(table.get(key), events, self.rules[project_id], self.click_ids[project_id])
+                slot, out, view = client_handle(slot, good, self.rules[project_id], self.click_ids[project_id])
             except Exception as e:  # a bug, not bad data: keep the evidence, keep going
                 log.exception("client stage failed for %r", key)
-                records.extend(self._dead(f"pipeline_error: {e!r}", "clients", key=key, value=x.to_list()) for x in events)
+                records.extend(self._dead(f"pipeline_error: {e!r}", "clients", **self._where(ev), value=x.to_list()) for x in good)
                 continue
-            records.extend(self._outputs(out, "clients", key))
+            rows.extend(out)
             if view is not None:
                 records.append((self.topics["views"], view.project_id.encode(), pickle.dumps(view, protocol=pickle.HIGHEST_PROTOCOL)))
-            slots[key] = (last, slot)
+            slots[key] = (ev, slot)
+        records.extend(self._outputs(rows, "clients"))
         await self._commit_batch(records, table, slots)
 
     # -- 2. identity ----------------------------------------------------------------------------
     async def identity(self, batch: list) -> None:
         records: list = []
+        rows = Output()
         table = self.tables["graphs"]
         slots: dict = {}
         for ev in batch:
@@ -344,14 +352,16 @@ class Stages:
                 log.exception("identity stage failed for %r", key)
                 records.append(self._dead(f"pipeline_error: {e!r}", "identity", **self._where(ev), value=value))
                 continue
-            records.extend(self._outputs(out, "identity", key))
+            rows.extend(out)
             records.extend((self.topics["persons"], m.key.encode(), pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)) for m in messages)
             slots[key] = (ev, graph)
+        records.extend(self._outputs(rows, "identity"))
         await self._commit_batch(records, table, slots)
 
     # -- 3. persons -----------------------------------------------------------------------------
     async def persons(self, batch: list) -> None:
         records: list = []
+        rows = Output()
         table = self.tables["persons"]
         slots: dict = {}
         for ev in batch:
@@ -371,9 +381,10 @@ class Stages:
                 log.exception("person stage failed for %r", key)
                 records.append(self._dead(f"pipeline_error: {e!r}", "persons", **self._where(ev), value=value))
                 continue
-            records.extend(self._outputs(out, "persons", key))
+            rows.extend(out)
             records.extend((self.topics["persons"], m.key.encode(), pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)) for m in messages)
             slots[key] = (ev, slot)
+        records.extend(self._outputs(rows, "persons"))
         await self._commit_batch(records, table, slots)
 
 
@@ -469,6 +480,43 @@ def make_app(
     @app.agent(raw_topic("persons"), name="skvoz-persons")
     async def persons_agent(stream):
         await run(stages.persons, stream)
+
+    stuck: dict = {}
+
+    @app.timer(5.0)
+    async def _unstick_commits() -> None:
+        """faust-streaming can stop committing a partition after a rebalance that kept it on this
+        worker: it forgets the partition's acks on revoke, events still in a batch are acked
+        after that, and the messages between the committed offset and those acks are not
+        delivered again, so the committed offset never moves (seen in tests/test_scaleout_scale:
+        all views processed, their offsets not committed). When a partition's first acked offset
+        stays above its committed one for 10 s, read it again from the committed offset:
+        processing twice changes nothing, and the acks then close the gap."""
+        consumer = app.consumer
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            stuck.clear()
+            return
+        acked_all = getattr(consumer, "_acked", {})
+        committed_all = getattr(consumer, "_committed_offset", {})
+        sources = (names["events"], names["views"], names["persons"])
+        seen = set()
+        for tp in consumer.assignment():
+            if tp.topic not in sources:
+                continue
+            acked, committed = acked_all.get(tp), committed_all.get(tp)
+            if not acked or committed is None or min(acked) <= committed:
+                continue
+            seen.add(tp)
+            mark = (committed, min(acked))
+            if stuck.get(tp) == mark:
+                log.warning("%s: offsets %d..%d were never acknowledged; reading them again", tp, committed, min(acked) - 1)
+                await consumer.seek(tp, committed)
+                del stuck[tp]
+            else:
+                stuck[tp] = mark
+        for tp in list(stuck):
+            if tp not in seen:
+                del stuck[tp]
 
     @app.on_before_shutdown.connect
     async def _final_counters(app, **kwargs) -> None:

@@ -164,6 +164,24 @@ class Stack:
         self.roles.append(role)
         return role.start()
 
+    def wait_workers_settled(self, roles: list[Role], timeout: float = 90) -> None:
+        """Until each worker logged "Worker ready" after its latest partition assignment."""
+        deadline = time.monotonic() + timeout
+        while True:
+            settled = 0
+            for r in roles:
+                if not r.alive():
+                    pytest.fail(f"worker exited ({r.proc.returncode}):\n{r.tail()}")
+                text = r.log_path.read_text(errors="replace")
+                assigned = text.rfind("Setting newly assigned partitions")
+                if assigned >= 0 and text.find("Worker ready", assigned) >= 0:
+                    settled += 1
+            if settled == len(roles):
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"workers not settled in {timeout}s:\n{self.logs()}")
+            time.sleep(0.2)
+
     def wait_sink_ready(self, role: Role, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ are those of the embedded runtime over all events."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -28,14 +29,19 @@ def _processed(role) -> int:
 
 
 def test_second_worker_takes_over_with_recovered_state(stack, store, tmp_path):
-    events = generate(persons=700, seed=41)
+    events = generate(persons=500, seed=41)
     batches = deliveries(events, seed=41)
     half = len(batches) // 2
     want = reference_reports(store, tmp_path, batches)
 
     stack.create_topics()
-    w1 = stack.worker("w1")
+    w1 = stack.worker("w1", "--store", "rocksdb://")  # the production store; w2 keeps state in memory
+    stack.wait_workers_settled([w1])
+    # Join before the traffic: faust-streaming mishandles a rebalance that keeps a partition on
+    # a worker with a batch in flight (see _unstick_commits in streams/faust_app.py).
     w2 = stack.worker("w2")
+    time.sleep(1.0)
+    stack.wait_workers_settled([w1, w2])
     sink = stack.sink()
     stack.wait_sink_ready(sink)
     produce(stack.bootstrap, stack.topic("events"), batches[:half])
@@ -47,6 +53,7 @@ def test_second_worker_takes_over_with_recovered_state(stack, store, tmp_path):
     produce(stack.bootstrap, stack.topic("events"), batches[half:])
     stack.wait_drained([w1, sink])
     assert_same_reports(stack.all_reports(), want)
+    assert any((tmp_path / "w1-data" / "worker").glob("**/clients-*.db")), "w1 did not use RocksDB"
     assert w1.stop() == 0, w1.tail()
     assert 0 < _processed(w1) < sum(map(len, batches)), w1.tail()  # w1 did not do everything alone
     assert sink.stop() == 0, sink.tail()
