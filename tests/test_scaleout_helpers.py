@@ -164,8 +164,13 @@ class Stack:
         self.roles.append(role)
         return role.start()
 
-    def wait_workers_settled(self, roles: list[Role], timeout: float = 90) -> None:
-        """Until each worker logged "Worker ready" after its latest partition assignment."""
+    @staticmethod
+    def assignments(role: Role) -> int:
+        return role.log_path.read_text(errors="replace").count("Setting newly assigned partitions")
+
+    def wait_workers_settled(self, roles: list[Role], timeout: float = 90, after: dict | None = None) -> None:
+        """Until each worker logged "Worker ready" after its latest partition assignment (and,
+        with ``after`` {role: count}, had more assignments than that count)."""
         deadline = time.monotonic() + timeout
         while True:
             settled = 0
@@ -174,7 +179,8 @@ class Stack:
                     pytest.fail(f"worker exited ({r.proc.returncode}):\n{r.tail()}")
                 text = r.log_path.read_text(errors="replace")
                 assigned = text.rfind("Setting newly assigned partitions")
-                if assigned >= 0 and text.find("Worker ready", assigned) >= 0:
+                newer = after is None or text.count("Setting newly assigned partitions") > after.get(r, -1)
+                if newer and assigned >= 0 and text.find("Worker ready", assigned) >= 0:
                     settled += 1
             if settled == len(roles):
                 return

@@ -48,8 +48,10 @@ def test_second_worker_takes_over_with_recovered_state(stack, store, tmp_path):
     stack.wait_drained([w1, w2, sink])
 
     # w2 leaves; w1 takes all partitions and must recover w2's tables from the changelogs
+    before = {w1: stack.assignments(w1)}
     assert w2.stop() == 0, w2.tail()
     assert _processed(w2) > 0, w2.tail()  # w2 had partitions: its state is what w1 recovers
+    stack.wait_workers_settled([w1], after=before)  # takeover and recovery done before new traffic
     produce(stack.bootstrap, stack.topic("events"), batches[half:])
     stack.wait_drained([w1, sink])
     assert_same_reports(stack.all_reports(), want)
