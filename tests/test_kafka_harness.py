@@ -307,38 +307,10 @@ def build_faust_app(app_id: str, bootstrap: str, source: str, sink: str, mode: s
     return app
 
 
-def fix_faust_recovery_race() -> None:
-    """Work around a faust-streaming (0.15.3) race that silently skips events.
-
-    After table recovery, ``Recovery.on_recovery_completed`` resumes the stream partitions and
-    only then awaits the seek to the committed offsets, while the flow is already running (it was
-    resumed to read the changelogs). Records fetched in that window reach the stream, are then
-    thrown away by the seek's flow reset, and when they are fetched again the consumer drops them
-    as already read ("DROPPED MESSAGE ROFF" with DEVLOG=1). Seen here: 1-14 events lost in ~30% of
-    worker restarts with a backlog. Stopping the flow first closes the window; nothing has been
-    processed from the stream partitions yet at that point (they are paused during recovery).
-    The real worker must apply this (or an equivalent) before starting Faust.
-    """
-    from faust.tables.recovery import Recovery
-
-    if getattr(Recovery.on_recovery_completed, "_skvoz_fixed", False):
-        return
-    original = Recovery.on_recovery_completed
-
-    async def on_recovery_completed(self, generation_id: int = 0) -> None:
-        # Only for the current generation: for a stale one the original returns early without
-        # resuming, and the next rebalance's recovery resumes the flow itself.
-        if self.app.consumer_generation_id == generation_id:
-            self.app.flow_control.suspend()
-            self.app.consumer.stop_flow()
-        await original(self, generation_id)  # resumes partitions, seeks, then resumes the flow
-
-    on_recovery_completed._skvoz_fixed = True
-    Recovery.on_recovery_completed = on_recovery_completed
-
-
 def _faust_worker_main(argv: list[str]) -> None:
     import faust
+
+    from streams.faust_app import fix_faust_recovery_race
 
     if os.environ.get("SKVOZ_TEST_FAUST_UNPATCHED") != "1":  # to see the race: set it to 1
         fix_faust_recovery_race()
