@@ -28,8 +28,8 @@ npm --prefix js-snippet test
 npm --prefix js-snippet run test:e2e
 
 # Python last, so its summary closes the output. The Faust worker scale-out tests
-# (tests/test_scaleout_*.py) still fail on worker takeover and kill -9 (issue 3 is open):
-# they run with SKVOZ_TEST_SCALEOUT=1 or by naming the files.
+# (tests/test_scaleout_*.py, ~4 min) join the default run once worker takeover and kill -9
+# have passed repeatedly (issue 3 is open); until then: SKVOZ_TEST_SCALEOUT=1 bash tests/run.sh
 scaleout=(--ignore-glob='tests/test_scaleout_*.py')
 [ "${SKVOZ_TEST_SCALEOUT:-0}" = 1 ] && scaleout=()
 python3 -m pytest -q -p no:cacheprovider "${scaleout[@]}" "$@"
