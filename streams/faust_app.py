@@ -51,7 +51,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
-from .codec import decode_events, topic_name
+from .codec import TOPICS, decode_events, topic_name
 from .embedded import check_event
 from .model import Event, Output
 from .routing import ToPerson, client_handle, identity_handle, person_handle
@@ -331,65 +331,55 @@ class Stages:
 
     # -- 2. identity ----------------------------------------------------------------------------
     async def identity(self, batch: list) -> None:
-        records: list = []
-        rows = Output()
-        table = self.tables["graphs"]
-        slots: dict = {}
-        for ev in batch:
-            key, value = ev.message.key, ev.message.value
-            self.counters["views"] += 1
-            try:
-                view = pickle.loads(value)
-                if getattr(view, "project_id", None) is None or view.project_id.encode() != key:
-                    raise ValueError("not a ClientView of this key's project")
-            except Exception as e:
-                records.append(self._dead(f"undecodable: {e!r}"[:500], "identity", **self._where(ev), value=value))
-                continue
-            graph = slots[key][1] if key in slots else table.get(key)
-            try:
-                graph, out, messages = identity_handle(graph, view)
-            except Exception as e:
-                log.exception("identity stage failed for %r", key)
-                records.append(self._dead(f"pipeline_error: {e!r}", "identity", **self._where(ev), value=value))
-                continue
-            rows.extend(out)
-            records.extend((self.topics["persons"], m.key.encode(), pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)) for m in messages)
-            slots[key] = (ev, graph)
-        records.extend(self._outputs(rows, "identity"))
-        await self._commit_batch(records, table, slots)
+        def decode(value: bytes, key: bytes):
+            view = pickle.loads(value)
+            if getattr(view, "project_id", None) is None or view.project_id.encode() != key:
+                raise ValueError("not a ClientView of this key's project")
+            return view
+
+        await self._keyed_stage(batch, "identity", "views", "graphs", decode, identity_handle)
 
     # -- 3. persons -----------------------------------------------------------------------------
     async def persons(self, batch: list) -> None:
+        def decode(value: bytes, key: bytes):
+            msg = pickle.loads(value)
+            if not isinstance(msg, ToPerson) or msg.key.encode() != key:
+                raise ValueError("not a ToPerson for this key")
+            return msg
+
+        await self._keyed_stage(batch, "persons", "persons", "persons", decode, person_handle)
+
+    async def _keyed_stage(self, batch: list, stage: str, counter: str, table_name: str, decode, handle) -> None:
+        """One batch of a stage whose state slot is keyed like its input: decode, run the
+        handler on the slot, send rows and messages for the persons topic, then the state."""
         records: list = []
         rows = Output()
-        table = self.tables["persons"]
+        table = self.tables[table_name]
         slots: dict = {}
         for ev in batch:
             key, value = ev.message.key, ev.message.value
-            self.counters["persons"] += 1
+            self.counters[counter] += 1
             try:
-                msg = pickle.loads(value)
-                if not isinstance(msg, ToPerson) or msg.key.encode() != key:
-                    raise ValueError("not a ToPerson for this key")
+                message = decode(value, key)
             except Exception as e:
-                records.append(self._dead(f"undecodable: {e!r}"[:500], "persons", **self._where(ev), value=value))
+                records.append(self._dead(f"undecodable: {e!r}"[:500], stage, **self._where(ev), value=value))
                 continue
             slot = slots[key][1] if key in slots else table.get(key)
             try:
-                slot, out, messages = person_handle(slot, msg)
+                slot, out, messages = handle(slot, message)
             except Exception as e:
-                log.exception("person stage failed for %r", key)
-                records.append(self._dead(f"pipeline_error: {e!r}", "persons", **self._where(ev), value=value))
+                log.exception("%s stage failed for %r", stage, key)
+                records.append(self._dead(f"pipeline_error: {e!r}", stage, **self._where(ev), value=value))
                 continue
             rows.extend(out)
             records.extend((self.topics["persons"], m.key.encode(), pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)) for m in messages)
             slots[key] = (ev, slot)
-        records.extend(self._outputs(rows, "persons"))
+        records.extend(self._outputs(rows, stage))
         await self._commit_batch(records, table, slots)
 
 
 def topic_names(prefix: str) -> dict[str, str]:
-    return {name: topic_name(prefix, name) for name in ("events", "views", "persons", "rows", "dead-letters")}
+    return {name: topic_name(prefix, name) for name in TOPICS}
 
 
 def app_id(prefix: str) -> str:
