@@ -16,13 +16,15 @@ code on load: only workers may write these topics; ``rows`` and ``dead-letters``
 
 Delivery guarantee: at-least-once, made exact by ordering. Per batch: (1) every output (rows,
 messages to the next stage, dead letters) is sent and *acknowledged* by Kafka (acks=all);
-(2) then the changed table values are written to their changelogs, also acknowledged; (3) only
-then is the batch acked, so Faust can commit its offsets. So a changelog is never ahead of what
-was sent, and committed offsets are never ahead of a changelog. A crash anywhere replays the uncommitted messages: where the
-state was not yet written they re-derive the same rows and messages (same keys and versions),
-where it was, the handlers dedup (event ids, view versions, ``Moved``) and send nothing, which
-is right because everything was sent before that state existed. Duplicated rows and messages
-are harmless (ReplacingMergeTree FINAL; handlers are idempotent — tests/test_routing.py).
+(2) then the changed table values are written to their changelogs, also acknowledged; (3) then
+the last source offset applied per partition, into the same changelog; (4) only then is the
+batch acked, so Faust can commit its offsets. So a changelog is never ahead of what was sent,
+and its applied offsets never ahead of its state. A crash anywhere replays from the applied
+offsets: where the state was not yet written the messages re-derive the same rows and messages
+(same keys and versions); where it was, they are skipped (or, between state and offsets, the
+handlers dedup them: event ids, view versions, ``Moved``), which is right because everything
+was sent before that state existed. Duplicated rows and messages are harmless
+(ReplacingMergeTree FINAL; handlers are idempotent — tests/test_routing.py).
 Faust's ``processing_guarantee="exactly_once"`` is not used: in faust-streaming 0.15 its
 transaction manager puts a send into the transaction of the *destination* partition
 (``TransactionManager.send``), so re-keyed outputs (views by project, persons by person) land in
@@ -32,9 +34,13 @@ topics the worker does not consume (rows) go outside any transaction.
 Bad messages (undecodable, invalid events, unknown project, a handler error) go to the
 dead-letter topic with a reason; the stream goes on.
 
+Faust's offset commits are a starting point, not the truth: a worker applies only the offset
+after its table's applied offset (``Applied``), so messages Faust skips or commits past (it
+does, around rebalances) are read again.
+
 Faust internals used on purpose (pinned to faust-streaming 0.15): the current-event context
-variable (``_as_of``), the table's store and changelog topic (``_commit_batch``), and the
-consumer's ack bookkeeping (``_unstick_commits``, a workaround for a rebalance bug).
+variable (``_as_of``), the table's store and changelog topic (``_commit_batch``), and a
+message's ``acked`` flag (``Applied.finish``).
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ ROWS_PER_MESSAGE = 2000
 MAX_MESSAGE_BYTES = 16 << 20
 PICKLE_CODEC = "skvoz_pickle"
 TABLES = ("clients", "graphs", "persons")
+# Per source partition, the last offset whose effects a stage's table holds (see Applied).
+APPLIED_KEY = b"\x00applied:%d"
 # Test hook: os._exit(9) in the N-th batch after its outputs were acknowledged, before its state.
 CRASH_ENV = "SKVOZ_WORKER_CRASH_AFTER_OUTPUTS"
 
@@ -181,6 +189,87 @@ def _as_of(event):
         _current_event.reset(token)
 
 
+def _get(table, key: bytes, ev):
+    with _as_of(ev):  # RocksDB looks in the current event's partition only
+        return table.get(key)
+
+
+async def log_start(consumer, tp) -> int:
+    return (await consumer.earliest_offsets(tp)).get(tp) or 0
+
+
+class Applied:
+    """Which messages of a batch a stage may apply: exactly the next offset of each partition.
+
+    Each stage's table keeps, per source partition, the last offset whose effects it holds
+    (``APPLIED_KEY``), written after the batch's state and read back with it on recovery. A
+    message at or below it is a redelivery: skipped. A message past the next offset means the
+    consumer skipped some — faust-streaming does after some rebalances (messages dropped as
+    "already read", acks of batches cut short, commits across its own gaps); a worker taking
+    over from committed offsets that ran ahead does too. It is not applied and not acked, and
+    the partition is sought back to the next offset. So what a worker applies never depends on
+    what Faust delivered or committed, only on its state; redelivery costs work, never rows."""
+
+    def __init__(self, consumer, table, counters: dict) -> None:
+        self.consumer = consumer
+        self.table = table
+        self.counters = counters
+        self.last: dict[int, int | None] = {}  # partition -> last applied offset (this batch included)
+        self.changed: dict[int, Any] = {}  # partition -> an event of it (to write the marker as of)
+        self.seeks: dict[Any, int] = {}  # TP -> offset to read again from
+        self.held: list = []  # events neither applied nor to be acked
+        self.owned = consumer.assignment()
+
+    async def admit(self, ev) -> bool:
+        m = ev.message
+        p = m.partition
+        if m.tp not in self.owned:  # revoked while the batch was taken: its new owner applies it
+            self.held.append(ev)
+            return False
+        if p not in self.last:
+            self.last[p] = _get(self.table, APPLIED_KEY % p, ev)
+        last = self.last[p]
+        if last is not None and m.offset <= last:
+            self.counters["redelivered"] += 1
+            return False  # applied before; ack it
+        if m.tp not in self.seeks and (last is None or m.offset > last + 1):
+            want = await self._next_offset(m.tp, last)
+            if m.offset > want:
+                self.seeks[m.tp] = want
+        if m.tp in self.seeks:  # behind a gap: not before the partition is read again
+            self.held.append(ev)
+            return False
+        self.last[p] = m.offset
+        self.changed[p] = ev
+        return True
+
+    async def _next_offset(self, tp, last: int | None) -> int:
+        """The next offset to apply, if the log still has it; asked of the broker only on a
+        first message or a gap, both rare."""
+        start = await log_start(self.consumer, tp)
+        if last is None or last + 1 >= start:
+            return start if last is None else last + 1
+        # Retention deleted records before they were applied: nothing brings them back.
+        self.counters["lost_to_retention"] += start - last - 1
+        log.error("%s: offsets %d..%d were deleted by retention before being applied", tp, last + 1, start - 1)
+        return start
+
+    def markers(self) -> dict[bytes, tuple[Any, int]]:
+        return {APPLIED_KEY % p: (ev, self.last[p]) for p, ev in self.changed.items()}
+
+    def hold(self, batch: list | None = None) -> None:
+        """Keep Faust from acking the held events (with ``batch``: all of it, cut short)."""
+        for ev in self.held if batch is None else batch:
+            # Marked acked, never reported as acked: Faust neither commits past it nor waits for it.
+            ev.message.acked = True
+
+    async def read_again(self) -> None:
+        for tp, offset in self.seeks.items():
+            self.counters["gaps"] += 1
+            log.warning("%s: offset %d was not delivered; reading again from it", tp, offset)
+            await self.consumer.seek(tp, offset)
+
+
 class Stages:
     """The agents' bodies, separated from Faust's decorators so they read as plain code."""
 
@@ -191,8 +280,10 @@ class Stages:
         self.topics = topics
         self.tables = tables
         self.counters = {"events": 0, "views": 0, "persons": 0, "rows": 0, "dead_letters": 0,
-                         "send_retries": 0, "batches": 0}
+                         "send_retries": 0, "batches": 0, "redelivered": 0, "gaps": 0,
+                         "lost_to_retention": 0}
         self._last_report = time.monotonic()
+        self.running = 0  # batches in progress (the stalled-partition timer waits for none)
         crash = os.environ.get(CRASH_ENV, "")
         self.crash_after_outputs = int(crash) if crash else None
 
@@ -247,28 +338,44 @@ class Stages:
         m = ev.message
         return {"topic": m.topic, "partition": m.partition, "offset": m.offset, "key": m.key}
 
-    async def _commit_batch(self, records, table, slots: dict) -> None:
-        """Outputs first, then the state: both acknowledged before the batch is acked (and so
-        before its offsets can be committed). Changelog records are sent here rather than by
-        ``table[key] = v``: Faust buffers those and its pre-commit flush gives up after 0.1 s
+    async def _commit_batch(self, records, table, slots: dict, applied: Applied) -> None:
+        """Outputs, then the state, then the applied offsets, each acknowledged before the next
+        is sent and all before the batch is acked. Changelog records are sent here rather than
+        by ``table[key] = v``: Faust buffers those and its pre-commit flush gives up after 0.1 s
         per message, which could commit offsets ahead of the state."""
         from faust.types import TP
 
         await self._send_all(records)
         self._maybe_crash()
         changelog = table.changelog_topic.get_topic_name()
-        changes = [(changelog, key, pickle.dumps(slot, protocol=pickle.HIGHEST_PROTOCOL), ev.message.partition)
-                   for key, (ev, slot) in slots.items()]
-        metas = await self._send_all(changes)
         persisted: dict[int, int] = {}
-        for (key, (ev, slot)), meta in zip(slots.items(), metas):
-            with _as_of(ev):  # RocksDB stores by the current event's partition
-                table.data[key] = slot
-            persisted[meta.partition] = max(meta.offset, persisted.get(meta.partition, -1))
+        # The markers last: a marker must never be in the changelog without the state it covers.
+        for written in (slots, applied.markers()):
+            changes = [(changelog, key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), ev.message.partition)
+                       for key, (ev, value) in written.items()]
+            metas = await self._send_all(changes)
+            for (key, (ev, value)), meta in zip(written.items(), metas):
+                with _as_of(ev):  # RocksDB stores by the current event's partition
+                    table.data[key] = value
+                persisted[meta.partition] = max(meta.offset, persisted.get(meta.partition, -1))
         for partition, offset in persisted.items():  # RocksDB: recovery resumes after these
             table.data.set_persisted_offset(TP(changelog, partition), offset)
         self.counters["batches"] += 1
         self._report()
+
+    async def run_batch(self, body, table_name: str, batch: list) -> None:
+        """One batch through a stage body, with its offsets checked (``Applied``)."""
+        applied = Applied(self.app.consumer, self.tables[table_name], self.counters)
+        self.running += 1
+        try:
+            await body(batch, applied)
+        except BaseException:
+            applied.hold(batch)  # cut short (cancelled, or a bug): none of it counts as done
+            raise
+        finally:
+            self.running -= 1
+        applied.hold()
+        await applied.read_again()
 
     def _maybe_crash(self) -> None:
         # Test hook: die where at-least-once would lose rows if state were written first.
@@ -284,7 +391,7 @@ class Stages:
             log.info("worker counters: %s", self.counters)
 
     # -- 1. clients -----------------------------------------------------------------------------
-    async def clients(self, batch: list) -> None:
+    async def clients(self, batch: list, applied: Applied) -> None:
         """One ``client_handle`` call per message, never per batch: after a crash the messages
         are read again in other batches, and only message-by-message steps pass through the
         same intermediate states, so the rows sent before the crash (e.g. a visit that a later
@@ -294,6 +401,8 @@ class Stages:
         table = self.tables["clients"]
         slots: dict = {}
         for ev in batch:
+            if not await applied.admit(ev):
+                continue
             key, value = ev.message.key, ev.message.value
             try:
                 events = decode_events(value)
@@ -315,7 +424,7 @@ class Stages:
             if not good:
                 continue
             project_id = good[0].project_id
-            slot = slots[key][1] if key in slots else table.get(key)
+            slot = slots[key][1] if key in slots else _get(table, key, ev)
             try:
                 slot, out, view = client_handle(slot, good, self.rules[project_id], self.click_ids[project_id])
             except Exception as e:  # a bug, not bad data: keep the evidence, keep going
@@ -327,29 +436,29 @@ class Stages:
                 records.append((self.topics["views"], view.project_id.encode(), pickle.dumps(view, protocol=pickle.HIGHEST_PROTOCOL)))
             slots[key] = (ev, slot)
         records.extend(self._outputs(rows, "clients"))
-        await self._commit_batch(records, table, slots)
+        await self._commit_batch(records, table, slots, applied)
 
     # -- 2. identity ----------------------------------------------------------------------------
-    async def identity(self, batch: list) -> None:
+    async def identity(self, batch: list, applied: Applied) -> None:
         def decode(value: bytes, key: bytes):
             view = pickle.loads(value)
             if getattr(view, "project_id", None) is None or view.project_id.encode() != key:
                 raise ValueError("not a ClientView of this key's project")
             return view
 
-        await self._keyed_stage(batch, "identity", "views", "graphs", decode, identity_handle)
+        await self._keyed_stage(batch, applied, "identity", "views", "graphs", decode, identity_handle)
 
     # -- 3. persons -----------------------------------------------------------------------------
-    async def persons(self, batch: list) -> None:
+    async def persons(self, batch: list, applied: Applied) -> None:
         def decode(value: bytes, key: bytes):
             msg = pickle.loads(value)
             if not isinstance(msg, ToPerson) or msg.key.encode() != key:
                 raise ValueError("not a ToPerson for this key")
             return msg
 
-        await self._keyed_stage(batch, "persons", "persons", "persons", decode, person_handle)
+        await self._keyed_stage(batch, applied, "persons", "persons", "persons", decode, person_handle)
 
-    async def _keyed_stage(self, batch: list, stage: str, counter: str, table_name: str, decode, handle) -> None:
+    async def _keyed_stage(self, batch: list, applied: Applied, stage: str, counter: str, table_name: str, decode, handle) -> None:
         """One batch of a stage whose state slot is keyed like its input: decode, run the
         handler on the slot, send rows and messages for the persons topic, then the state."""
         records: list = []
@@ -357,6 +466,8 @@ class Stages:
         table = self.tables[table_name]
         slots: dict = {}
         for ev in batch:
+            if not await applied.admit(ev):
+                continue
             key, value = ev.message.key, ev.message.value
             self.counters[counter] += 1
             try:
@@ -364,7 +475,7 @@ class Stages:
             except Exception as e:
                 records.append(self._dead(f"undecodable: {e!r}"[:500], stage, **self._where(ev), value=value))
                 continue
-            slot = slots[key][1] if key in slots else table.get(key)
+            slot = slots[key][1] if key in slots else _get(table, key, ev)
             try:
                 slot, out, messages = handle(slot, message)
             except Exception as e:
@@ -375,7 +486,7 @@ class Stages:
             records.extend((self.topics["persons"], m.key.encode(), pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)) for m in messages)
             slots[key] = (ev, slot)
         records.extend(self._outputs(rows, stage))
-        await self._commit_batch(records, table, slots)
+        await self._commit_batch(records, table, slots, applied)
 
 
 def topic_names(prefix: str) -> dict[str, str]:
@@ -455,58 +566,51 @@ def make_app(
     # clients (one per client per batch) and fewer changelog writes of the same key.
     batch_max = batch_max or min(cfg.pipeline.batch_max_events, 10_000)
 
-    async def run(stage, stream) -> None:
+    async def run(body, table_name: str, stream) -> None:
         async for batch in stream.take_events(batch_max, within=within):
-            await stage(batch)
+            await stages.run_batch(body, table_name, batch)
 
     @app.agent(raw_topic("events"), name="skvoz-clients")
     async def clients_agent(stream):
-        await run(stages.clients, stream)
+        await run(stages.clients, "clients", stream)
 
     @app.agent(raw_topic("views"), name="skvoz-identity")
     async def identity_agent(stream):
-        await run(stages.identity, stream)
+        await run(stages.identity, "graphs", stream)
 
     @app.agent(raw_topic("persons"), name="skvoz-persons")
     async def persons_agent(stream):
-        await run(stages.persons, stream)
+        await run(stages.persons, "persons", stream)
 
-    stuck: dict = {}
+    sources = {names["events"]: "clients", names["views"]: "graphs", names["persons"]: "persons"}
+    stalled: dict = {}
 
     @app.timer(5.0)
-    async def _unstick_commits() -> None:
-        """faust-streaming can stop committing a partition after a rebalance that kept it on this
-        worker: it forgets the partition's acks on revoke, events still in a batch are acked
-        after that, and the messages between the committed offset and those acks are not
-        delivered again, so the committed offset never moves (seen in tests/test_scaleout_scale:
-        all views processed, their offsets not committed). When a partition's first acked offset
-        stays above its committed one for 10 s, read it again from the committed offset:
-        processing twice changes nothing, and the acks then close the gap."""
-        consumer = app.consumer
-        if app.rebalancing or getattr(app, "in_recovery", False):
-            stuck.clear()
+    async def _read_again_stalled() -> None:
+        """A partition whose log goes on past what its table applied, with no batch running
+        and no progress for two ticks, is read again from the next offset to apply. ``Applied``
+        catches skipped messages when a later one arrives; this catches a skipped tail, and a
+        partition Faust stopped delivering (after a rebalance that kept it on this worker, acks
+        of a cut-short batch can leave it waiting for offsets it never redelivers)."""
+        if app.rebalancing or getattr(app, "in_recovery", False) or stages.running:
+            stalled.clear()
             return
-        acked_all = getattr(consumer, "_acked", {})
-        committed_all = getattr(consumer, "_committed_offset", {})
-        sources = (names["events"], names["views"], names["persons"])
-        seen = set()
-        for tp in consumer.assignment():
-            if tp.topic not in sources:
-                continue
-            acked, committed = acked_all.get(tp), committed_all.get(tp)
-            if not acked or committed is None or min(acked) <= committed:
-                continue
-            seen.add(tp)
-            mark = (committed, min(acked))
-            if stuck.get(tp) == mark:
-                log.warning("%s: offsets %d..%d were never acknowledged; reading them again", tp, committed, min(acked) - 1)
-                await consumer.seek(tp, committed)
-                del stuck[tp]
+        consumer = app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic in sources]
+        ends = await consumer.highwaters(*tps) if tps else {}
+        for tp in tps:
+            table = tables[sources[tp.topic]]
+            last = table.get(APPLIED_KEY % tp.partition)
+            want = last + 1 if last is not None else await log_start(consumer, tp)
+            if want >= (ends.get(tp) or 0) or stages.running:
+                stalled.pop(tp, None)
+            elif stalled.get(tp) == want:
+                log.warning("%s: nothing applied after offset %d for 10 s; reading again from it", tp, want - 1)
+                stages.counters["gaps"] += 1
+                await consumer.seek(tp, want)
+                del stalled[tp]
             else:
-                stuck[tp] = mark
-        for tp in list(stuck):
-            if tp not in seen:
-                del stuck[tp]
+                stalled[tp] = want
 
     @app.on_before_shutdown.connect
     async def _final_counters(app, **kwargs) -> None:

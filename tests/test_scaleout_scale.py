@@ -4,13 +4,15 @@ are those of the embedded runtime over all events."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 import time
 
 import pytest
 
 from tests.datagen import deliveries, generate
-from tests.test_scaleout_helpers import Stack, assert_same_reports, produce, reference_reports
+from tests.test_scaleout_helpers import PARTITIONS, Stack, assert_same_reports, group_lags, produce, reference_reports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -58,4 +60,60 @@ def test_second_worker_takes_over_with_recovered_state(stack, store, tmp_path):
     assert any((tmp_path / "w1-data" / "worker").glob("**/clients-*.db")), "w1 did not use RocksDB"
     assert w1.stop() == 0, w1.tail()
     assert 0 < _processed(w1) < sum(map(len, batches)), w1.tail()  # w1 did not do everything alone
+    assert sink.stop() == 0, sink.tail()
+
+
+def _stream_lag(stack) -> int:
+    """Records of the worker group's source topics not committed yet."""
+    topics = [stack.topic(t) for t in ("events", "views", "persons")]
+    return asyncio.run(group_lags(stack.bootstrap, {f"{stack.prefix}-stream": topics}, PARTITIONS))["lag"]
+
+
+def test_workers_join_and_leave_under_load(stack, store, tmp_path):
+    """Every membership change happens while events keep arriving and partitions have a
+    backlog: a worker joins, leaves cleanly, another joins, the first is killed with SIGKILL."""
+    events = generate(persons=700, seed=43)
+    batches = deliveries(events, seed=43)
+    want = reference_reports(store, tmp_path, batches)
+    first = len(batches) // 4
+
+    stack.create_topics()
+    sink = stack.sink()
+    stack.wait_sink_ready(sink)
+    produce(stack.bootstrap, stack.topic("events"), batches[:first])  # a backlog to start with
+    rest = batches[first:]
+    chunks = [rest[i::40] for i in range(40)]
+
+    def keep_producing() -> None:
+        for chunk in chunks:  # about 20 s of traffic
+            produce(stack.bootstrap, stack.topic("events"), chunk)
+            time.sleep(0.5)
+
+    producer = threading.Thread(target=keep_producing, daemon=True)
+    w1 = stack.worker("w1", "--store", "rocksdb://")
+    producer.start()
+    lags = []
+
+    def change() -> None:
+        lags.append(_stream_lag(stack))
+
+    stack.wait_workers_settled([w1])
+    time.sleep(2)
+    change()
+    w2 = stack.worker("w2")  # joins
+    stack.wait_workers_settled([w2])
+    time.sleep(2)
+    change()
+    assert w2.stop() == 0, w2.tail()  # leaves
+    w3 = stack.worker("w3")  # joins
+    stack.wait_workers_settled([w3])
+    time.sleep(2)
+    change()
+    w1.kill()  # dies: w3 takes all partitions over from the changelogs
+    producer.join(120)
+    print(f"uncommitted records at each change: {lags}")
+    assert all(lag > 0 for lag in lags), f"no backlog at some change: {lags}"
+    stack.wait_drained([w3, sink], timeout=300)
+    assert_same_reports(stack.all_reports(), want)
+    assert w3.stop() == 0, w3.tail()
     assert sink.stop() == 0, sink.tail()

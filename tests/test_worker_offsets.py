@@ -1,0 +1,152 @@
+"""The worker applies each source partition's offsets in order, whatever Faust delivers
+(streams.faust_app.Applied): redeliveries are skipped, messages past a gap are held back (not
+acked) and the partition is read again from the gap, and a cut-short batch counts as undone."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NamedTuple
+
+import pytest
+
+pytest.importorskip("faust")
+
+from streams.faust_app import APPLIED_KEY, Applied  # noqa: E402
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+class Message:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.tp = TP("events", partition)
+        self.partition, self.offset = partition, offset
+        self.acked = False
+
+
+class Event:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.message = Message(partition, offset)
+
+
+class Consumer:
+    def __init__(self, partitions=(0, 1), log_start: int = 0) -> None:
+        self.owned = {TP("events", p) for p in partitions}
+        self.start = log_start
+        self.sought: list[tuple[TP, int]] = []
+
+    def assignment(self):
+        return set(self.owned)
+
+    async def earliest_offsets(self, *tps):
+        return {tp: self.start for tp in tps}
+
+    async def seek(self, tp, offset):
+        self.sought.append((tp, offset))
+
+
+def run_batch(consumer, table, events, counters=None):
+    """Admit a batch as a stage would; returns (applied events, Applied)."""
+    counters = counters if counters is not None else {"redelivered": 0, "gaps": 0, "lost_to_retention": 0}
+    applied = Applied(consumer, table, counters)
+
+    async def go():
+        taken = [ev for ev in events if await applied.admit(ev)]
+        applied.hold()
+        await applied.read_again()
+        return taken
+
+    return asyncio.run(go()), applied
+
+
+def offsets(events):
+    return [(e.message.partition, e.message.offset) for e in events]
+
+
+def commit_markers(table, applied):
+    for key, (_, offset) in applied.markers().items():
+        table[key] = offset
+
+
+def test_in_order_offsets_are_applied_and_recorded_per_partition():
+    consumer, table = Consumer(), {}
+    batch = [Event(0, 0), Event(1, 0), Event(0, 1), Event(1, 1), Event(0, 2)]
+    taken, applied = run_batch(consumer, table, batch)
+    assert offsets(taken) == offsets(batch)
+    assert {k: v for k, (_, v) in applied.markers().items()} == {APPLIED_KEY % 0: 2, APPLIED_KEY % 1: 1}
+    assert consumer.sought == [] and not any(e.message.acked for e in batch)
+
+
+def test_redelivered_offsets_are_skipped_and_acked():
+    consumer, table = Consumer(), {APPLIED_KEY % 0: 4}
+    batch = [Event(0, 3), Event(0, 4), Event(0, 5)]
+    counters = {"redelivered": 0, "gaps": 0, "lost_to_retention": 0}
+    taken, applied = run_batch(consumer, table, batch, counters)
+    assert offsets(taken) == [(0, 5)]
+    assert counters["redelivered"] == 2
+    assert not any(e.message.acked for e in batch)  # the stream acks them as usual
+
+
+def test_a_gap_holds_the_rest_of_the_partition_and_reads_it_again():
+    consumer, table = Consumer(), {APPLIED_KEY % 0: 9, APPLIED_KEY % 1: 0}
+    batch = [Event(0, 10), Event(0, 13), Event(1, 1), Event(0, 14)]
+    taken, applied = run_batch(consumer, table, batch)
+    assert offsets(taken) == [(0, 10), (1, 1)]
+    assert consumer.sought == [(TP("events", 0), 11)]
+    held = [e for e in batch if e.message.acked]  # marked so Faust neither acks nor commits them
+    assert offsets(held) == [(0, 13), (0, 14)]
+    commit_markers(table, applied)
+    assert table[APPLIED_KEY % 0] == 10
+
+    # read again from 11: applied in order, nothing held
+    again = [Event(0, o) for o in range(11, 15)]
+    taken, _ = run_batch(consumer, table, again)
+    assert offsets(taken) == offsets(again)
+    assert consumer.sought == [(TP("events", 0), 11)]
+
+
+def test_first_message_must_be_the_log_start():
+    consumer = Consumer(log_start=5)
+    taken, applied = run_batch(consumer, {}, [Event(0, 7), Event(0, 8)])
+    assert taken == [] and consumer.sought == [(TP("events", 0), 5)]
+    taken, _ = run_batch(consumer, {}, [Event(0, 5), Event(0, 6)])
+    assert offsets(taken) == [(0, 5), (0, 6)]
+
+
+def test_offsets_deleted_by_retention_are_counted_not_waited_for():
+    consumer = Consumer(log_start=100)
+    counters = {"redelivered": 0, "gaps": 0, "lost_to_retention": 0}
+    taken, _ = run_batch(consumer, {APPLIED_KEY % 0: 49}, [Event(0, 100)], counters)
+    assert offsets(taken) == [(0, 100)] and consumer.sought == []
+    assert counters["lost_to_retention"] == 50
+
+
+def test_messages_of_a_revoked_partition_are_left_to_its_new_owner():
+    consumer = Consumer(partitions=(1,))
+    batch = [Event(0, 0), Event(1, 0)]
+    taken, _ = run_batch(consumer, {}, batch)
+    assert offsets(taken) == [(1, 0)]
+    assert batch[0].message.acked and not batch[1].message.acked
+
+
+def test_a_cut_short_batch_is_held_whole():
+    from streams.faust_app import Stages
+
+    class App:
+        consumer = Consumer()
+
+    stages = object.__new__(Stages)  # only what run_batch touches
+    stages.app, stages.tables, stages.running = App(), {"clients": {}}, 0
+    stages.counters = {"redelivered": 0, "gaps": 0, "lost_to_retention": 0}
+    batch = [Event(0, 0), Event(0, 1)]
+
+    async def body(events, applied):
+        for ev in events:
+            await applied.admit(ev)
+        raise asyncio.CancelledError  # e.g. the worker stops mid-send
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(stages.run_batch(body, "clients", batch))
+    assert all(e.message.acked for e in batch) and stages.running == 0
