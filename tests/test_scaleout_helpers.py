@@ -254,6 +254,20 @@ class Stack:
             time.sleep(0.5)
 
 
+async def _group_offsets(admin, group: str, timeout: float = 30.0) -> dict:
+    """The group's committed offsets; a fresh broker has no group coordinator for a moment."""
+    from aiokafka.errors import GroupCoordinatorNotAvailableError, NotCoordinatorError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await admin.list_consumer_group_offsets(group)
+        except (GroupCoordinatorNotAvailableError, NotCoordinatorError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def group_lags(bootstrap: str, groups: dict[str, list[str]], partitions: int) -> dict:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
@@ -266,7 +280,7 @@ async def group_lags(bootstrap: str, groups: dict[str, list[str]], partitions: i
     try:
         total, ends_all, per = 0, {}, {}
         for group, topics in groups.items():
-            committed = await admin.list_consumer_group_offsets(group)
+            committed = await _group_offsets(admin, group)
             tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
             ends = await consumer.end_offsets(tps)
             lag = 0
