@@ -2,14 +2,16 @@
 
 Topology (``streams.routing`` has the design; names under ``[kafka] topic_prefix``):
 
-    {p}.events  key "project:client", value per streams.codec  ─▶ clients agent  (table clients)
-    {p}.views   key project id,       value pickled ClientView ─▶ identity agent (table graphs)
-    {p}.persons key "project:person", value pickled ToPerson   ─▶ persons agent  (table persons)
+    {p}.events  key "project:client", value per streams.codec        ─▶ clients agent  (table clients)
+    {p}.views   key project id,       value pickled [ClientView, ...] ─▶ identity agent (table graphs)
+    {p}.persons partition of the person keys, pickled [ToPerson, ...] ─▶ persons agent  (table persons)
     every agent ─▶ {p}.rows (JSON rows for the sink, ``encode_rows``) and {p}.dead-letters (JSON)
 
 Agents are thin: decode → ``streams.routing`` handler → send outputs → set the table value. Each
-table is keyed like its source topic, so a table partition lives with the source partition it
-belongs to and moves with it on a rebalance (recovered from its changelog topic).
+table slot lives in the partition its key hashes to (Kafka's default partitioner), so it moves
+with its source partition on a rebalance (recovered from its changelog topic). A batch sends one
+views record per project and one persons record per partition, not one per client or person:
+Faust's cost is per message, and these stages see many small items.
 
 Internal values (table values, ``views``, ``persons``) are pickled Python objects. Pickle runs
 code on load: only workers may write these topics; ``rows`` and ``dead-letters`` are JSON.
@@ -60,6 +62,7 @@ from typing import Any, Iterable
 from .codec import TOPICS, decode_events, topic_name
 from .embedded import check_event
 from .model import Event, Output
+from .pipeline import ClientView
 from .routing import ToPerson, client_handle, identity_handle, person_handle
 
 log = logging.getLogger("skvoz.worker")
@@ -279,6 +282,7 @@ class Stages:
         self.click_ids = {pid: {p: (s, m) for p, s, m in r.click_ids} or None for pid, r in self.rules.items()}
         self.topics = topics
         self.tables = tables
+        self.partitions = cfg.kafka.partitions
         self.counters = {"events": 0, "views": 0, "persons": 0, "rows": 0, "dead_letters": 0,
                          "send_retries": 0, "batches": 0, "redelivered": 0, "gaps": 0,
                          "lost_to_retention": 0}
@@ -400,6 +404,7 @@ class Stages:
         rows = Output()
         table = self.tables["clients"]
         slots: dict = {}
+        views: dict[str, list[ClientView]] = {}
         for ev in batch:
             if not await applied.admit(ev):
                 continue
@@ -433,58 +438,83 @@ class Stages:
                 continue
             rows.extend(out)
             if view is not None:
-                records.append((self.topics["views"], view.project_id.encode(), pickle.dumps(view, protocol=pickle.HIGHEST_PROTOCOL)))
+                views.setdefault(view.project_id, []).append(view)
             slots[key] = (ev, slot)
+        # One views record per project and batch: the identity stage is one partition per project.
+        records.extend((self.topics["views"], project_id.encode(), pickle.dumps(vs, protocol=pickle.HIGHEST_PROTOCOL))
+                       for project_id, vs in views.items())
         records.extend(self._outputs(rows, "clients"))
         await self._commit_batch(records, table, slots, applied)
 
     # -- 2. identity ----------------------------------------------------------------------------
     async def identity(self, batch: list, applied: Applied) -> None:
-        def decode(value: bytes, key: bytes):
-            view = pickle.loads(value)
-            if getattr(view, "project_id", None) is None or view.project_id.encode() != key:
-                raise ValueError("not a ClientView of this key's project")
-            return view
+        def decode(value: bytes, key: bytes, partition: int) -> list:
+            views = pickle.loads(value)
+            if not isinstance(views, list) or not all(isinstance(v, ClientView) and v.project_id.encode() == key for v in views):
+                raise ValueError("not a list of ClientViews of this key's project")
+            return [(key, v) for v in views]
 
         await self._keyed_stage(batch, applied, "identity", "views", "graphs", decode, identity_handle)
 
     # -- 3. persons -----------------------------------------------------------------------------
     async def persons(self, batch: list, applied: Applied) -> None:
-        def decode(value: bytes, key: bytes):
-            msg = pickle.loads(value)
-            if not isinstance(msg, ToPerson) or msg.key.encode() != key:
-                raise ValueError("not a ToPerson for this key")
-            return msg
+        def decode(value: bytes, key: bytes, partition: int) -> list:
+            orders = pickle.loads(value)
+            if not isinstance(orders, list) or not all(isinstance(m, ToPerson) for m in orders):
+                raise ValueError("not a list of ToPerson")
+            keyed = [(m.key.encode(), m) for m in orders]
+            if any(self.partition_of(k) != partition for k, _ in keyed):
+                raise ValueError("a ToPerson for another partition")  # its state lives there
+            return keyed
 
         await self._keyed_stage(batch, applied, "persons", "persons", "persons", decode, person_handle)
 
+    def partition_of(self, key: bytes) -> int:
+        from aiokafka.partitioner import murmur2
+
+        """The partition Kafka's default partitioner picks for ``key`` (murmur2, as the Java
+        client and aiokafka): person messages are grouped per partition, state stays put."""
+        return (murmur2(key) & 0x7FFFFFFF) % self.partitions
+
+    def _to_persons(self, messages: list[ToPerson]) -> list[tuple]:
+        """One ``persons`` record per partition: a batch's orders travel together."""
+        by_partition: dict[int, list[ToPerson]] = {}
+        for m in messages:
+            by_partition.setdefault(self.partition_of(m.key.encode()), []).append(m)
+        return [(self.topics["persons"], b"persons:%d" % p, pickle.dumps(ms, protocol=pickle.HIGHEST_PROTOCOL), p)
+                for p, ms in by_partition.items()]
+
     async def _keyed_stage(self, batch: list, applied: Applied, stage: str, counter: str, table_name: str, decode, handle) -> None:
-        """One batch of a stage whose state slot is keyed like its input: decode, run the
-        handler on the slot, send rows and messages for the persons topic, then the state."""
+        """One batch of a stage whose messages carry items for state slots of their partition:
+        decode, run the handler on each item's slot, send rows and the orders for the persons
+        topic, then the state."""
         records: list = []
         rows = Output()
+        orders: list[ToPerson] = []
         table = self.tables[table_name]
         slots: dict = {}
         for ev in batch:
             if not await applied.admit(ev):
                 continue
-            key, value = ev.message.key, ev.message.value
-            self.counters[counter] += 1
+            value = ev.message.value
             try:
-                message = decode(value, key)
+                items = decode(value, ev.message.key, ev.message.partition)
             except Exception as e:
                 records.append(self._dead(f"undecodable: {e!r}"[:500], stage, **self._where(ev), value=value))
                 continue
-            slot = slots[key][1] if key in slots else _get(table, key, ev)
-            try:
-                slot, out, messages = handle(slot, message)
-            except Exception as e:
-                log.exception("%s stage failed for %r", stage, key)
-                records.append(self._dead(f"pipeline_error: {e!r}", stage, **self._where(ev), value=value))
-                continue
-            rows.extend(out)
-            records.extend((self.topics["persons"], m.key.encode(), pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)) for m in messages)
-            slots[key] = (ev, slot)
+            self.counters[counter] += len(items)
+            for key, item in items:
+                slot = slots[key][1] if key in slots else _get(table, key, ev)
+                try:
+                    slot, out, messages = handle(slot, item)
+                except Exception as e:
+                    log.exception("%s stage failed for %r", stage, key)
+                    records.append(self._dead(f"pipeline_error: {e!r}", stage, **self._where(ev), value=repr(item)[:10_000]))
+                    continue
+                rows.extend(out)
+                orders.extend(messages)
+                slots[key] = (ev, slot)
+        records.extend(self._to_persons(orders))
         records.extend(self._outputs(rows, stage))
         await self._commit_batch(records, table, slots, applied)
 

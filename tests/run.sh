@@ -27,9 +27,6 @@ npm ci --prefix js-snippet --no-audit --no-fund --loglevel=error
 npm --prefix js-snippet test
 npm --prefix js-snippet run test:e2e
 
-# Python last, so its summary closes the output. The Faust worker scale-out tests
-# (tests/test_scaleout_*.py, ~4 min) join the default run once worker takeover and kill -9
-# have passed repeatedly (issue 3 is open); until then: SKVOZ_TEST_SCALEOUT=1 bash tests/run.sh
-scaleout=(--ignore-glob='tests/test_scaleout_*.py')
-[ "${SKVOZ_TEST_SCALEOUT:-0}" = 1 ] && scaleout=()
-python3 -m pytest -q -p no:cacheprovider "${scaleout[@]}" "$@"
+# Python last, so its summary closes the output: unit, chdb, end-to-end, and the scale-out
+# tests over a real Kafka broker and Redis (tests/test_scaleout_*.py, about 5 minutes).
+python3 -m pytest -q -p no:cacheprovider "$@"
