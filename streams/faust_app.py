@@ -3,7 +3,7 @@
 Topology (``streams.routing`` has the design; names under ``[kafka] topic_prefix``):
 
     {p}.events  key "project:client", value per streams.codec        ─▶ clients agent  (table clients)
-    {p}.views   key project id,       value pickled [ClientView, ...] ─▶ identity agent (table graphs)
+    {p}.views   key project id,       value pickled [ClientView, ...] ─▶ identity agent (table graphs: links)
     {p}.persons partition of the person keys, pickled [ToPerson, ...] ─▶ persons agent  (table persons)
     every agent ─▶ {p}.rows (JSON rows for the sink, ``encode_rows``) and {p}.dead-letters (JSON)
 
@@ -61,6 +61,7 @@ from typing import Any, Iterable
 
 from .codec import TOPICS, decode_events, topic_name
 from .embedded import check_event
+from .identity import IdentityGraph
 from .model import Event, Output
 from .pipeline import ClientView
 from .routing import ToPerson, client_handle, identity_handle, person_handle
@@ -73,6 +74,12 @@ ROWS_PER_MESSAGE = 2000
 MAX_MESSAGE_BYTES = 16 << 20
 PICKLE_CODEC = "skvoz_pickle"
 TABLES = ("clients", "graphs", "persons")
+
+def link_key(project_id: str, client_id: str, node: str) -> bytes:
+    """Table key of one identity link; the graphs table holds nothing else but APPLIED_KEYs."""
+    return f"{project_id}\x00{client_id}\x00{node}".encode()
+
+
 # Per source partition, the last offset whose effects a stage's table holds (see Applied).
 APPLIED_KEY = b"\x00applied:%d"
 # Test hook: os._exit(9) in the N-th batch after its outputs were acknowledged, before its state.
@@ -278,6 +285,7 @@ class Stages:
 
     def __init__(self, app, cfg, topics: dict[str, str], tables: dict[str, Any]) -> None:
         self.app = app
+        self.graphs: dict[str, IdentityGraph] = {}  # per project, rebuilt from the graphs table
         self.rules = cfg.rules()
         self.click_ids = {pid: {p: (s, m) for p, s, m in r.click_ids} or None for pid, r in self.rules.items()}
         self.topics = topics
@@ -448,32 +456,102 @@ class Stages:
 
     # -- 2. identity ----------------------------------------------------------------------------
     async def identity(self, batch: list, applied: Applied) -> None:
-        def decode(value: bytes, key: bytes, partition: int) -> list:
-            views = pickle.loads(value)
-            if not isinstance(views, list) or not all(isinstance(v, ClientView) and v.project_id.encode() == key for v in views):
-                raise ValueError("not a list of ClientViews of this key's project")
-            return [(key, v) for v in views]
+        """A project's identity graph is rebuilt in memory from its links, and only the links
+        are state: one small table key per (client, contact), so a batch writes what it added,
+        never the whole graph (which grows with the project's clients)."""
+        records: list = []
+        rows = Output()
+        orders: list[ToPerson] = []
+        table = self.tables["graphs"]
+        links: dict[bytes, tuple] = {}
+        graphs: dict[str, IdentityGraph] = {}  # this batch's: a rebalance may drop the cache
+        for ev in batch:
+            if not await applied.admit(ev):
+                continue
+            key, value = ev.message.key, ev.message.value
+            try:
+                views = pickle.loads(value)
+                if not isinstance(views, list) or not all(isinstance(v, ClientView) and v.project_id.encode() == key for v in views):
+                    raise ValueError("not a list of ClientViews of this key's project")
+            except Exception as e:
+                records.append(self._dead(f"undecodable: {e!r}"[:500], "identity", **self._where(ev), value=value))
+                continue
+            self.counters["views"] += len(views)
+            for view in views:
+                graph = graphs.get(view.project_id)
+                if graph is None:
+                    graph = graphs[view.project_id] = self._graph(view.project_id, table)
+                try:
+                    graph, out, messages = identity_handle(graph, view)
+                except Exception as e:
+                    log.exception("identity stage failed for %r", view.client_id)
+                    records.append(self._dead(f"pipeline_error: {e!r}", "identity", **self._where(ev), value=repr(view)[:10_000]))
+                    continue
+                rows.extend(out)
+                orders.extend(messages)
+                for node in view.contacts:
+                    links[link_key(view.project_id, view.client_id, node)] = (ev, True)
+        records.extend(self._to_persons(orders))
+        records.extend(self._outputs(rows, "identity"))
+        await self._commit_batch(records, table, links, applied)
 
-        await self._keyed_stage(batch, applied, "identity", "views", "graphs", decode, identity_handle)
+    def _graph(self, project_id: str, table) -> IdentityGraph:
+        graph = self.graphs.get(project_id)
+        if graph is None:
+            graph = self.graphs[project_id] = IdentityGraph()
+            prefix = project_id.encode() + b"\x00"
+            t0, n = time.monotonic(), 0
+            for key in table.keys():
+                if key.startswith(prefix):
+                    client_id, node = key[len(prefix):].rsplit(b"\x00", 1)
+                    graph.link(client_id.decode(), node.decode())
+                    n += 1
+            if n:
+                log.info("identity graph of %s rebuilt from %d links in %.2fs", project_id, n, time.monotonic() - t0)
+        return graph
 
     # -- 3. persons -----------------------------------------------------------------------------
     async def persons(self, batch: list, applied: Applied) -> None:
-        def decode(value: bytes, key: bytes, partition: int) -> list:
-            orders = pickle.loads(value)
-            if not isinstance(orders, list) or not all(isinstance(m, ToPerson) for m in orders):
-                raise ValueError("not a list of ToPerson")
-            keyed = [(m.key.encode(), m) for m in orders]
-            if any(self.partition_of(k) != partition for k, _ in keyed):
-                raise ValueError("a ToPerson for another partition")  # its state lives there
-            return keyed
-
-        await self._keyed_stage(batch, applied, "persons", "persons", "persons", decode, person_handle)
+        records: list = []
+        rows = Output()
+        orders: list[ToPerson] = []
+        table = self.tables["persons"]
+        slots: dict = {}
+        for ev in batch:
+            if not await applied.admit(ev):
+                continue
+            value = ev.message.value
+            try:
+                received = pickle.loads(value)
+                if not isinstance(received, list) or not all(isinstance(m, ToPerson) for m in received):
+                    raise ValueError("not a list of ToPerson")
+                if any(self.partition_of(m.key.encode()) != ev.message.partition for m in received):
+                    raise ValueError("a ToPerson for another partition")  # its state lives there
+            except Exception as e:
+                records.append(self._dead(f"undecodable: {e!r}"[:500], "persons", **self._where(ev), value=value))
+                continue
+            self.counters["persons"] += len(received)
+            for msg in received:
+                key = msg.key.encode()
+                slot = slots[key][1] if key in slots else _get(table, key, ev)
+                try:
+                    slot, out, messages = person_handle(slot, msg)
+                except Exception as e:
+                    log.exception("persons stage failed for %r", key)
+                    records.append(self._dead(f"pipeline_error: {e!r}", "persons", **self._where(ev), value=repr(msg)[:10_000]))
+                    continue
+                rows.extend(out)
+                orders.extend(messages)
+                slots[key] = (ev, slot)
+        records.extend(self._to_persons(orders))
+        records.extend(self._outputs(rows, "persons"))
+        await self._commit_batch(records, table, slots, applied)
 
     def partition_of(self, key: bytes) -> int:
-        from aiokafka.partitioner import murmur2
-
         """The partition Kafka's default partitioner picks for ``key`` (murmur2, as the Java
         client and aiokafka): person messages are grouped per partition, state stays put."""
+        from aiokafka.partitioner import murmur2
+
         return (murmur2(key) & 0x7FFFFFFF) % self.partitions
 
     def _to_persons(self, messages: list[ToPerson]) -> list[tuple]:
@@ -483,40 +561,6 @@ class Stages:
             by_partition.setdefault(self.partition_of(m.key.encode()), []).append(m)
         return [(self.topics["persons"], b"persons:%d" % p, pickle.dumps(ms, protocol=pickle.HIGHEST_PROTOCOL), p)
                 for p, ms in by_partition.items()]
-
-    async def _keyed_stage(self, batch: list, applied: Applied, stage: str, counter: str, table_name: str, decode, handle) -> None:
-        """One batch of a stage whose messages carry items for state slots of their partition:
-        decode, run the handler on each item's slot, send rows and the orders for the persons
-        topic, then the state."""
-        records: list = []
-        rows = Output()
-        orders: list[ToPerson] = []
-        table = self.tables[table_name]
-        slots: dict = {}
-        for ev in batch:
-            if not await applied.admit(ev):
-                continue
-            value = ev.message.value
-            try:
-                items = decode(value, ev.message.key, ev.message.partition)
-            except Exception as e:
-                records.append(self._dead(f"undecodable: {e!r}"[:500], stage, **self._where(ev), value=value))
-                continue
-            self.counters[counter] += len(items)
-            for key, item in items:
-                slot = slots[key][1] if key in slots else _get(table, key, ev)
-                try:
-                    slot, out, messages = handle(slot, item)
-                except Exception as e:
-                    log.exception("%s stage failed for %r", stage, key)
-                    records.append(self._dead(f"pipeline_error: {e!r}", stage, **self._where(ev), value=repr(item)[:10_000]))
-                    continue
-                rows.extend(out)
-                orders.extend(messages)
-                slots[key] = (ev, slot)
-        records.extend(self._to_persons(orders))
-        records.extend(self._outputs(rows, stage))
-        await self._commit_batch(records, table, slots, applied)
 
 
 def topic_names(prefix: str) -> dict[str, str]:
@@ -641,6 +685,11 @@ def make_app(
                 del stalled[tp]
             else:
                 stalled[tp] = want
+
+    @app.on_partitions_revoked.connect
+    async def _forget_graphs(app, revoked, **kwargs) -> None:
+        # Another worker may add links to a revoked project; rebuild from the table if it returns.
+        stages.graphs.clear()
 
     @app.on_before_shutdown.connect
     async def _final_counters(app, **kwargs) -> None:

@@ -1,6 +1,9 @@
-"""The worker applies each source partition's offsets in order, whatever Faust delivers
-(streams.faust_app.Applied): redeliveries are skipped, messages past a gap are held back (not
-acked) and the partition is read again from the gap, and a cut-short batch counts as undone."""
+"""The Faust worker's own bookkeeping, without a broker.
+
+* It applies each source partition's offsets in order, whatever Faust delivers
+  (streams.faust_app.Applied): redeliveries are skipped, messages past a gap are held back (not
+  acked) and the partition is read again from the gap, and a cut-short batch counts as undone.
+* The identity stage keeps only links as state and rebuilds a project's graph from them."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import pytest
 
 pytest.importorskip("faust")
 
-from streams.faust_app import APPLIED_KEY, Applied  # noqa: E402
+from streams.faust_app import APPLIED_KEY, Applied, Stages, link_key  # noqa: E402
+from streams.identity import IdentityGraph  # noqa: E402
 
 
 class TP(NamedTuple):
@@ -132,8 +136,6 @@ def test_messages_of_a_revoked_partition_are_left_to_its_new_owner():
 
 
 def test_a_cut_short_batch_is_held_whole():
-    from streams.faust_app import Stages
-
     class App:
         consumer = Consumer()
 
@@ -150,3 +152,24 @@ def test_a_cut_short_batch_is_held_whole():
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(stages.run_batch(body, "clients", batch))
     assert all(e.message.acked for e in batch) and stages.running == 0
+
+
+def test_identity_graph_rebuilt_from_links_equals_the_incremental_one():
+    import random
+
+    rnd = random.Random(5)
+    links = [(f"c{rnd.randrange(300)}", f"p:{rnd.randrange(120)}") for _ in range(400)]
+    live = IdentityGraph()
+    for client, node in links:
+        live.link(client, node)
+    table = {APPLIED_KEY % 0: 7}  # markers share the table; other projects' links too
+    table.update({link_key("p1", c, n): True for c, n in links})
+    table.update({link_key("p2", c, "e:x"): True for c, _ in links[:50]})
+    stages = object.__new__(Stages)
+    stages.graphs = {}
+    rebuilt = stages._graph("p1", table)
+    assert rebuilt.unions == live.unions
+    for client, _ in links:
+        assert rebuilt.person_of(client) == live.person_of(client)
+        assert sorted(rebuilt.clients_of(rebuilt.person_of(client))) == sorted(live.clients_of(live.person_of(client)))
+    assert stages._graph("p1", {}) is rebuilt  # cached until a rebalance clears it
