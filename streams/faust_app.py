@@ -361,6 +361,9 @@ class Stages:
         self._maybe_crash()
         changelog = table.changelog_topic.get_topic_name()
         persisted: dict[int, int] = {}
+        # The memory store frees the keys of partitions that moved away only if it knows their
+        # partition, which it records for keys it recovered but not for keys set directly.
+        key_partition = getattr(table.data, "_key_partition", None)
         # The markers last: a marker must never be in the changelog without the state it covers.
         for written in (slots, applied.markers()):
             changes = [(changelog, key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), ev.message.partition)
@@ -369,6 +372,8 @@ class Stages:
             for (key, (ev, value)), meta in zip(written.items(), metas):
                 with _as_of(ev):  # RocksDB stores by the current event's partition
                     table.data[key] = value
+                if key_partition is not None:
+                    key_partition[key] = meta.partition
                 persisted[meta.partition] = max(meta.offset, persisted.get(meta.partition, -1))
         for partition, offset in persisted.items():  # RocksDB: recovery resumes after these
             table.data.set_persisted_offset(TP(changelog, partition), offset)

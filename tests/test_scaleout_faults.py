@@ -51,8 +51,9 @@ def test_worker_kill9_and_sink_crash_between_insert_and_commit(stack, store, tmp
     assert _rows_lag(stack)["per_group"][stream_group] > n // 2, "too little left for a kill mid-stream"
     assert "exiting after the outputs, before the state" in worker.tail()
 
-    # again (RocksDB store, filled from the changelogs), and kill -9 it mid-stream this time
-    worker = stack.worker("w1", "--store", "rocksdb://")
+    # again (RocksDB store, filled from the changelogs), and kill -9 it mid-stream this time;
+    # small batches so that "mid-stream" is not a single batch that commits everything at once
+    worker = stack.worker("w1", "--store", "rocksdb://", env={"SKVOZ_PIPELINE_BATCH_MAX_EVENTS": "300"})
     deadline = time.monotonic() + 120
     start_lag = _rows_lag(stack)["per_group"][stream_group]
     while True:
