@@ -10,8 +10,8 @@ Topology (``streams.routing`` has the design; names under ``[kafka] topic_prefix
 Agents are thin: decode → ``streams.routing`` handler → send outputs → set the table value. Each
 table slot lives in the partition its key hashes to (Kafka's default partitioner), so it moves
 with its source partition on a rebalance (recovered from its changelog topic). A batch sends one
-views record per project and one persons record per partition, not one per client or person:
-Faust's cost is per message, and these stages see many small items.
+views record per project and one persons record per partition (up to ITEMS_PER_MESSAGE items
+each), not one per client or person: Faust's cost is per message.
 
 Internal values (table values, ``views``, ``persons``) are pickled Python objects. Pickle runs
 code on load: only workers may write these topics; ``rows`` and ``dead-letters`` are JSON.
@@ -70,6 +70,9 @@ log = logging.getLogger("skvoz.worker")
 
 ROW_TABLES = ("events", "visits", "conversions", "attributions", "identities")
 ROWS_PER_MESSAGE = 2000
+# Views and person orders per message: Faust's cost is per message, but a view holds a client's
+# whole history, so keep records far below MAX_MESSAGE_BYTES.
+ITEMS_PER_MESSAGE = 200
 # Graph and person values can be large (a project's whole identity graph is one value).
 MAX_MESSAGE_BYTES = 16 << 20
 PICKLE_CODEC = "skvoz_pickle"
@@ -197,6 +200,10 @@ def _as_of(event):
         yield
     finally:
         _current_event.reset(token)
+
+
+def _chunks(items: list, n: int = ITEMS_PER_MESSAGE) -> list[list]:
+    return [items[i:i + n] for i in range(0, len(items), n)]
 
 
 def _get(table, key: bytes, ev):
@@ -453,9 +460,10 @@ class Stages:
             if view is not None:
                 views.setdefault(view.project_id, []).append(view)
             slots[key] = (ev, slot)
-        # One views record per project and batch: the identity stage is one partition per project.
-        records.extend((self.topics["views"], project_id.encode(), pickle.dumps(vs, protocol=pickle.HIGHEST_PROTOCOL))
-                       for project_id, vs in views.items())
+        # Views travel together (the identity stage is one partition per project), in records
+        # of at most ITEMS_PER_MESSAGE, as each view carries the client's whole history.
+        records.extend((self.topics["views"], project_id.encode(), pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+                       for project_id, vs in views.items() for chunk in _chunks(vs))
         records.extend(self._outputs(rows, "clients"))
         await self._commit_batch(records, table, slots, applied)
 
@@ -560,12 +568,12 @@ class Stages:
         return (murmur2(key) & 0x7FFFFFFF) % self.partitions
 
     def _to_persons(self, messages: list[ToPerson]) -> list[tuple]:
-        """One ``persons`` record per partition: a batch's orders travel together."""
+        """A batch's orders travel together: records per partition of at most ITEMS_PER_MESSAGE."""
         by_partition: dict[int, list[ToPerson]] = {}
         for m in messages:
             by_partition.setdefault(self.partition_of(m.key.encode()), []).append(m)
-        return [(self.topics["persons"], b"persons:%d" % p, pickle.dumps(ms, protocol=pickle.HIGHEST_PROTOCOL), p)
-                for p, ms in by_partition.items()]
+        return [(self.topics["persons"], b"persons:%d" % p, pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL), p)
+                for p, ms in by_partition.items() for chunk in _chunks(ms)]
 
 
 def topic_names(prefix: str) -> dict[str, str]:

@@ -45,14 +45,14 @@ def test_worker_kill9_and_sink_crash_between_insert_and_commit(stack, store, tmp
     sink = stack.sink(env={"SKVOZ_SINK_CRASH_AFTER_INSERT": "3"})
     stack.wait_sink_ready(sink)
     # the worker dies in its 6th batch, after the outputs were acknowledged, before the state
-    worker = stack.worker("w1", env={"SKVOZ_WORKER_CRASH_AFTER_OUTPUTS": "6"})
+    # (small batches: the crash must come with most of the stream still to do)
+    worker = stack.worker("w1", env={"SKVOZ_WORKER_CRASH_AFTER_OUTPUTS": "6", "SKVOZ_PIPELINE_BATCH_MAX_EVENTS": "300"})
     n = produce(stack.bootstrap, stack.topic("events"), batches)
     assert worker.wait_exit(120) == 9, worker.tail()
     assert _rows_lag(stack)["per_group"][stream_group] > n // 2, "too little left for a kill mid-stream"
     assert "exiting after the outputs, before the state" in worker.tail()
 
-    # again (RocksDB store, filled from the changelogs), and kill -9 it mid-stream this time;
-    # small batches so that "mid-stream" is not a single batch that commits everything at once
+    # again (RocksDB store, filled from the changelogs), and kill -9 it mid-stream this time
     worker = stack.worker("w1", "--store", "rocksdb://", env={"SKVOZ_PIPELINE_BATCH_MAX_EVENTS": "300"})
     deadline = time.monotonic() + 120
     start_lag = _rows_lag(stack)["per_group"][stream_group]

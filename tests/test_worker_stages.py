@@ -173,3 +173,26 @@ def test_identity_graph_rebuilt_from_links_equals_the_incremental_one():
         assert rebuilt.person_of(client) == live.person_of(client)
         assert sorted(rebuilt.clients_of(rebuilt.person_of(client))) == sorted(live.clients_of(live.person_of(client)))
     assert stages._graph("p1", {}) is rebuilt  # cached until a rebalance clears it
+
+
+def test_person_orders_go_to_the_partition_kafka_would_pick_for_their_key():
+    import pickle
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams.faust_app import ITEMS_PER_MESSAGE
+    from streams.routing import ToPerson
+
+    stages = object.__new__(Stages)
+    stages.partitions, stages.topics = 4, {"persons": "x.persons"}
+    orders = [ToPerson("absorb", "p1", f"person{i}", into="person0") for i in range(1000)]
+    records = stages._to_persons(orders)
+    pick = DefaultPartitioner()
+    got = []
+    for topic, _, value, partition in records:
+        chunk = pickle.loads(value)
+        assert topic == "x.persons" and 0 < len(chunk) <= ITEMS_PER_MESSAGE
+        assert {pick(m.key.encode(), [0, 1, 2, 3], [0, 1, 2, 3]) for m in chunk} == {partition}
+        got.extend(chunk)
+    assert sorted(got) == sorted(orders)  # every order once
+    assert len({r[3] for r in records}) == 4
