@@ -85,6 +85,8 @@ def link_key(project_id: str, client_id: str, node: str) -> bytes:
 
 # Per source partition, the last offset whose effects a stage's table holds (see Applied).
 APPLIED_KEY = b"\x00applied:%d"
+# Touched every 5 s while the worker's event loop runs (``skvoz worker --alive`` reads it).
+HEARTBEAT_FILE = "alive"
 # Test hook: os._exit(9) in the N-th batch after its outputs were acknowledged, before its state.
 CRASH_ENV = "SKVOZ_WORKER_CRASH_AFTER_OUTPUTS"
 
@@ -699,6 +701,12 @@ def make_app(
             else:
                 stalled[tp] = want
 
+    heartbeat = Path(datadir) / HEARTBEAT_FILE
+
+    @app.timer(5.0)
+    async def _heartbeat() -> None:
+        heartbeat.touch()
+
     @app.on_partitions_revoked.connect
     async def _forget_graphs(app, revoked, **kwargs) -> None:
         # Another worker may add links to a revoked project; rebuild from the table if it returns.
@@ -776,6 +784,18 @@ async def ensure_topics(bootstrap: str, prefix: str, partitions: int, replicatio
     return missing
 
 
+def heartbeat_path(cfg) -> Path:
+    return Path(cfg.data_dir) / "worker" / HEARTBEAT_FILE
+
+
+def heartbeat_age(cfg) -> float | None:
+    """Seconds since this machine's worker last showed its event loop running; None if never."""
+    try:
+        return max(0.0, time.time() - heartbeat_path(cfg).stat().st_mtime)
+    except FileNotFoundError:
+        return None
+
+
 def fix_faust_recovery_race() -> None:
     """Work around a faust-streaming (0.15.3) race that silently skips events.
 
@@ -816,6 +836,7 @@ def run_worker(cfg, *, store: str = "memory://", loglevel: str = "INFO", session
     if created:
         log.info("created topics: %s", ", ".join(created))
     app = make_app(cfg, store=store, session_timeout=session_timeout)
+    heartbeat_path(cfg).touch()  # alive from the start: recovering tables can take a while
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()

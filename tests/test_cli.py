@@ -254,3 +254,26 @@ def test_dev_without_devstack_module(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["dev", "up"]) == 2
     assert "dev stack" in capsys.readouterr().err
+
+
+# -- worker liveness probe --------------------------------------------------------------------------
+
+
+def test_worker_alive_reads_the_heartbeat(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "skvoz.toml"
+    path.write_text(GOOD)
+    monkeypatch.setenv("SKVOZ_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SKVOZ_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # never contacted by --alive
+    assert cli.main(["worker", "--config", str(path), "--alive"]) == 1
+    assert "last heartbeat never" in capsys.readouterr().err
+
+    beat = tmp_path / "data" / "worker" / "alive"
+    beat.parent.mkdir(parents=True)
+    beat.touch()
+    assert cli.main(["worker", "--config", str(path), "--alive"]) == 0
+    assert "alive (heartbeat 0s ago)" in capsys.readouterr().out
+
+    old = beat.stat().st_mtime - 120
+    os.utime(beat, (old, old))
+    assert cli.main(["worker", "--config", str(path), "--alive", "60"]) == 1
+    assert "last heartbeat 120s ago (limit 60s)" in capsys.readouterr().err

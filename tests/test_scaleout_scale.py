@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -39,6 +41,9 @@ def test_second_worker_takes_over_with_recovered_state(stack, store, tmp_path):
     stack.create_topics()
     w1 = stack.worker("w1", "--store", "rocksdb://")  # the production store; w2 keeps state in memory
     stack.wait_workers_settled([w1])
+    probe = subprocess.run([sys.executable, "-m", "tracker.cli", "worker", "--config", str(w1.config), "--alive", "30"],
+                           env=w1.env, capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr  # the liveness probe of deploy/k8s/worker.yaml
     # A join with no traffic; test_workers_join_and_leave_under_load has it under load.
     w2 = stack.worker("w2")
     time.sleep(1.0)

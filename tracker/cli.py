@@ -145,9 +145,18 @@ def _scaleout_config(args: argparse.Namespace) -> configmod.Config:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.faust_app import run_worker
+    from streams.faust_app import heartbeat_age, run_worker
 
-    return run_worker(_scaleout_config(args), store=args.store, session_timeout=args.session_timeout)
+    cfg = _scaleout_config(args)
+    if args.alive is not None:  # a liveness probe, not a worker
+        age = heartbeat_age(cfg)
+        if age is None or age > args.alive:
+            said = "never" if age is None else f"{age:.0f}s ago"
+            print(f"skvoz worker: not alive: last heartbeat {said} (limit {args.alive:.0f}s)", file=sys.stderr)
+            return 1
+        print(f"skvoz worker: alive (heartbeat {age:.0f}s ago)")
+        return 0
+    return run_worker(cfg, store=args.store, session_timeout=args.session_timeout)
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
@@ -202,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "or rocksdb:// (under data_dir/worker)")
     worker.add_argument("--session-timeout", type=float, default=30.0, metavar="S",
                         help="seconds before a silent worker's partitions move to the others")
+    worker.add_argument("--alive", type=float, nargs="?", const=60.0, metavar="S",
+                        help="do not run: exit 0 if this machine's worker showed its event loop "
+                             "running in the last S seconds (default 60), else 1; a liveness probe")
     worker.set_defaults(func=cmd_worker)
 
     sink = with_config(sub.add_parser("sink", help="Kafka rows -> ClickHouse; serves the query API"))
