@@ -73,7 +73,7 @@ ROWS_PER_MESSAGE = 2000
 # Views and person orders per message: Faust's cost is per message, but a view holds a client's
 # whole history, so keep records far below MAX_MESSAGE_BYTES.
 ITEMS_PER_MESSAGE = 200
-# Graph and person values can be large (a project's whole identity graph is one value).
+# A person's state (all its clients' views) or a client's timeline can be large.
 MAX_MESSAGE_BYTES = 16 << 20
 PICKLE_CODEC = "skvoz_pickle"
 TABLES = ("clients", "graphs", "persons")
