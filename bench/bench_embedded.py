@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.configs import write_config  # noqa: E402
 from tests.datagen import DOMAINS, generate  # noqa: E402
 
 SITE_KEY = "bench-site-key-0001"
@@ -169,24 +170,8 @@ def main() -> None:
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="skvoz-bench-"))
     port, bare_port = free_port(), free_port()
-    (work / "skvoz.toml").write_text(textwrap.dedent(f"""
-        data_dir = "{work / 'data'}"
-        pii_key = "{'ab' * 32}"
-        [server]
-        host = "127.0.0.1"
-        port = {port}
-        [[projects]]
-        id = "p1"
-        timezone = "UTC"
-        api_tokens = ["{TOKEN}"]
-        conversion_goals = ["signup"]
-        [[projects.sites]]
-        domain = "{DOMAINS[0]}"
-        key = "{SITE_KEY}"
-        [[projects.sites]]
-        domain = "{DOMAINS[1]}"
-        key = "bench-site-key-0002"
-    """))
+    write_config(work / "skvoz.toml", data_dir=work / "data", port=port, project="p1", token=TOKEN,
+                 sites={DOMAINS[0]: SITE_KEY, DOMAINS[1]: "bench-site-key-0002"}, pii_key="ab" * 32)
     server = subprocess.Popen([sys.executable, "-m", "tracker.cli", "run", "--config", str(work / "skvoz.toml")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"))
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER.format(port=bare_port)])
     base = f"http://127.0.0.1:{port}"

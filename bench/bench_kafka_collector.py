@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_embedded as emb  # noqa: E402  (wrk driver, request stream, site key)
 
+from tests import configs  # noqa: E402
 from tracker import devstack  # noqa: E402
 
 PREFIX = "bench"
@@ -58,26 +58,9 @@ def metric(base: str, name: str) -> float:
 
 
 def write_config(path: Path, data_dir: Path, port: int, bootstrap: str = "", redis_url: str = "") -> None:
-    path.write_text(textwrap.dedent(f"""
-        data_dir = "{data_dir}"
-        pii_key = "{'ab' * 32}"
-        [server]
-        host = "127.0.0.1"
-        port = {port}
-        [kafka]
-        bootstrap = "{bootstrap}"
-        topic_prefix = "{PREFIX}"
-        partitions = 8
-        [redis]
-        url = "{redis_url}"
-        [[projects]]
-        id = "p1"
-        timezone = "UTC"
-        api_tokens = ["{emb.TOKEN}"]
-        [[projects.sites]]
-        domain = "{emb.DOMAINS[0]}"
-        key = "{emb.SITE_KEY}"
-    """))
+    configs.write_config(path, data_dir=data_dir, port=port, project="p1", token=emb.TOKEN,
+                         sites={emb.DOMAINS[0]: emb.SITE_KEY}, pii_key="ab" * 32, redis={"url": redis_url},
+                         kafka={"bootstrap": bootstrap, "topic_prefix": PREFIX, "partitions": 8})
 
 
 def topic_messages(bootstrap: str) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from streams.codec import decode_events
+from tests.configs import write_config
 from tests.plugins.server import BROWSER_UA, free_port
 from tracker import devstack
 
@@ -48,31 +49,11 @@ class Collector:
         self.config = workdir / f"collector-{self.port}.toml"
         self.log_path = workdir / f"collector-{self.port}.log"
         self.prefix = prefix
-        self.config.write_text(f"""
-data_dir = "{workdir / 'data'}"
-pii_key = "kc-pii-key"
-[server]
-host = "127.0.0.1"
-port = {self.port}
-rate_limit_per_site = {rate_limit}
-[kafka]
-bootstrap = "{bootstrap}"
-topic_prefix = "{prefix}"
-partitions = {PARTITIONS}
-ack_timeout_ms = {ack_timeout_ms}
-[redis]
-url = "{redis_url}"
-[[projects]]
-id = "{PROJECT}"
-timezone = "UTC"
-api_tokens = ["{TOKEN}"]
-[[projects.sites]]
-domain = "shop.example.ru"
-key = "{SITE}"
-[[projects.sites]]
-domain = "blog.example.ru"
-key = "{SITE_2}"
-""", encoding="utf-8")
+        write_config(self.config, data_dir=workdir / "data", port=self.port, project=PROJECT, token=TOKEN,
+                     sites={"shop.example.ru": SITE, "blog.example.ru": SITE_2}, pii_key="kc-pii-key",
+                     server={"rate_limit_per_site": rate_limit}, redis={"url": redis_url},
+                     kafka={"bootstrap": bootstrap, "topic_prefix": prefix, "partitions": PARTITIONS,
+                            "ack_timeout_ms": ack_timeout_ms})
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> "Collector":

@@ -20,6 +20,7 @@ import pytest
 
 from streams.codec import by_client, encode_events, topic_name
 from streams.model import Event
+from tests import configs
 from tests.datagen import DOMAINS
 from tests.plugins.server import free_port
 
@@ -40,37 +41,10 @@ SESSION_TIMEOUT = "6"  # the dev broker allows short sessions; a killed member i
 
 
 def write_config(path: Path, data_dir: Path, prefix: str, port: int, partitions: int = PARTITIONS) -> Path:
-    path.write_text(f"""
-data_dir = "{data_dir}"
-pii_key = "scaleout-pii-key"
-
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[kafka]
-topic_prefix = "{prefix}"
-partitions = {partitions}
-
-[pipeline]
-batch_max_events = 5000
-batch_max_ms = 100
-
-[[projects]]
-id = "{PROJECT}"
-timezone = "{TZ}"
-api_tokens = ["{TOKEN}"]
-conversion_goals = ["signup"]
-
-[[projects.sites]]
-domain = "{DOMAINS[0]}"
-key = "scaleout-site-key-ru"
-
-[[projects.sites]]
-domain = "{DOMAINS[1]}"
-key = "scaleout-site-key-kz"
-""", encoding="utf-8")
-    return path
+    return configs.write_config(path, data_dir=data_dir, port=port, project=PROJECT, token=TOKEN, timezone=TZ,
+                                sites={DOMAINS[0]: "scaleout-site-key-ru", DOMAINS[1]: "scaleout-site-key-kz"},
+                                kafka={"topic_prefix": prefix, "partitions": partitions},
+                                pipeline={"batch_max_events": 5000, "batch_max_ms": 100})
 
 
 class Role:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import configs
+
 SITE_KEY = "e2e-site-key-shop"
 SITE_KEY_2 = "e2e-site-key-blog"
 TOKEN = "e2e-api-token-0123456789abcdef"
@@ -37,32 +39,9 @@ def free_port() -> int:
 
 
 def write_config(path: Path, data_dir: Path, port: int, batch_max_ms: int = 200) -> None:
-    path.write_text(f"""
-data_dir = "{data_dir}"
-pii_key = "e2e-pii-key"
-
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[pipeline]
-batch_max_ms = {batch_max_ms}
-
-[[projects]]
-id = "{PROJECT}"
-currency = "RUB"
-timezone = "Europe/Moscow"
-api_tokens = ["{TOKEN}"]
-conversion_goals = ["signup"]
-
-[[projects.sites]]
-domain = "{DOMAINS[0]}"
-key = "{SITE_KEY}"
-
-[[projects.sites]]
-domain = "{DOMAINS[1]}"
-key = "{SITE_KEY_2}"
-""", encoding="utf-8")
+    configs.write_config(path, data_dir=data_dir, port=port, project=PROJECT, token=TOKEN,
+                         timezone="Europe/Moscow", sites={DOMAINS[0]: SITE_KEY, DOMAINS[1]: SITE_KEY_2},
+                         pii_key="e2e-pii-key", pipeline={"batch_max_ms": batch_max_ms})
 
 
 class SkvozServer:
