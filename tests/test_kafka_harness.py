@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -18,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from tests.test_scaleout_helpers import LoggedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.kafka
@@ -318,35 +318,14 @@ def _faust_worker_main(argv: list[str]) -> None:
     faust.Worker(app, loglevel="INFO").execute_from_commandline()
 
 
-class _Worker:
+class _Worker(LoggedProcess):
+    name = "faust worker"
+
     def __init__(self, log: Path, *args: str):
-        self.log = log
+        super().__init__(log, dict(os.environ, PYTHONUNBUFFERED="1"))
         app_id, _, source, _, mode = args
         self.topics = [source, f"{app_id}-{'totals' if mode == 'sum' else 'seqsum'}-changelog"]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.test_kafka_harness", "faust-worker", *args],
-                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-            )
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                pytest.fail(f"faust worker ignored SIGTERM; log:\n{self.tail()}")
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    def tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        self.launch("tests.test_kafka_harness", "faust-worker", *args)
 
 
 async def _dump_topics(bootstrap: str, topics: list[str]) -> str:

@@ -12,18 +12,9 @@ import pytest
 
 from streams.codec import encode_events
 from tests.datagen import deliveries, generate
-from tests.test_scaleout_helpers import (
-    Stack, assert_same_reports, produce, produce_raw_async, read_topic, reference_reports,
-)
+from tests.test_scaleout_helpers import assert_same_reports, produce, produce_raw_async, read_topic, reference_reports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-@pytest.fixture
-def stack(tmp_path):
-    s = Stack(tmp_path)
-    yield s
-    s.close()
 
 
 def test_workers_and_sink_equal_the_embedded_runtime(stack, store, tmp_path):

@@ -15,16 +15,9 @@ import time
 import pytest
 
 from tests.datagen import deliveries, generate
-from tests.test_scaleout_helpers import PARTITIONS, Stack, assert_same_reports, group_lags, produce, reference_reports
+from tests.test_scaleout_helpers import PARTITIONS, assert_same_reports, group_lags, produce, reference_reports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-@pytest.fixture
-def stack(tmp_path):
-    s = Stack(tmp_path)
-    yield s
-    s.close()
 
 
 def _rows_lag(stack) -> dict:

@@ -47,27 +47,20 @@ def write_config(path: Path, data_dir: Path, prefix: str, port: int, partitions:
                                 pipeline={"batch_max_events": 5000, "batch_max_ms": 100})
 
 
-class Role:
-    """One `skvoz worker` or `skvoz sink` subprocess, its log in a file."""
+class LoggedProcess:
+    """``python -m <module> ...`` run from the checkout, its output appended to a log file."""
 
-    def __init__(self, role: str, config: Path, log: Path, *args: str, env: dict | None = None) -> None:
-        self.role, self.config, self.log_path = role, config, log
-        self.args = list(args)
-        base = {k: v for k, v in os.environ.items() if not k.startswith("SKVOZ_")}
-        base["SKVOZ_KAFKA_BOOTSTRAP"] = os.environ["SKVOZ_KAFKA_BOOTSTRAP"]
-        base["PYTHONUNBUFFERED"] = "1"
-        base.update(env or {})
-        self.env = base
+    name = "process"
+
+    def __init__(self, log_path: Path, env: dict) -> None:
+        self.log_path, self.env = log_path, env
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Role":
+    def launch(self, *argv: str) -> None:
         with open(self.log_path, "ab") as fh:
             fh.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tracker.cli", self.role, "--config", str(self.config), *self.args],
-                cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-            )
-        return self
+            self.proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=ROOT, env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -82,7 +75,7 @@ class Role:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                pytest.fail(f"{self.role} ignored SIGTERM for {timeout}s:\n{self.tail()}")
+                pytest.fail(f"{self.name} ignored SIGTERM for {timeout}s:\n{self.tail()}")
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -95,13 +88,30 @@ class Role:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.role} still running after {timeout}s:\n{self.tail()}")
+            pytest.fail(f"{self.name} still running after {timeout}s:\n{self.tail()}")
 
     def tail(self, n: int = 80) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return "(no log)"
+
+
+class Role(LoggedProcess):
+    """One `skvoz worker` or `skvoz sink` subprocess, its log in a file."""
+
+    def __init__(self, role: str, config: Path, log: Path, *args: str, env: dict | None = None) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SKVOZ_")}
+        base["SKVOZ_KAFKA_BOOTSTRAP"] = os.environ["SKVOZ_KAFKA_BOOTSTRAP"]
+        base["PYTHONUNBUFFERED"] = "1"
+        super().__init__(log, {**base, **(env or {})})
+        self.role = self.name = role
+        self.config = config
+        self.args = list(args)
+
+    def start(self) -> "Role":
+        self.launch("tracker.cli", self.role, "--config", str(self.config), *self.args)
+        return self
 
 
 class Stack:

@@ -140,6 +140,17 @@ def kafka_restart(kafka_state_dir, kafka_stack):
     return restart
 
 
+@pytest.fixture
+def stack(tmp_path):
+    """Workers, sinks and their config for one scale-out test (tests/test_scaleout_helpers.py);
+    whatever still runs at the end is killed."""
+    from tests.test_scaleout_helpers import Stack
+
+    s = Stack(tmp_path)
+    yield s
+    s.close()
+
+
 async def _create_topic(bootstrap: str, name: str, partitions: int, config: dict[str, str]) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
