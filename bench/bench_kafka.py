@@ -32,22 +32,14 @@ from streams.codec import client_key, decode_events, encode_events  # noqa: E402
 from streams.model import Event  # noqa: E402
 from tests.datagen import deliveries, generate  # noqa: E402
 from tests.test_scaleout_helpers import (  # noqa: E402
-    PARTITIONS, PROJECT, TOKEN, Role, group_lags, produce_async, write_config,
+    PARTITIONS, PROJECT, TOKEN, Role, group_lags, produce_async, reading_from_start, write_config,
 )
 from tests.plugins.server import free_port  # noqa: E402
 
 
 async def raw_consume(bootstrap: str, topic: str, expected: int) -> tuple[float, int]:
     """Seconds for a bare consumer to read and decode ``expected`` messages; events decoded."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await c.start()
-    await asyncio.sleep(0)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
+    async with reading_from_start(bootstrap, topic) as (c, _):
         n = events = 0
         t0 = time.perf_counter()
         while n < expected:
@@ -56,8 +48,6 @@ async def raw_consume(bootstrap: str, topic: str, expected: int) -> tuple[float,
                     events += len(decode_events(m.value))
                 n += len(msgs)
         return time.perf_counter() - t0, events
-    finally:
-        await c.stop()
 
 
 def wait_worker_drained(bootstrap: str, prefix: str, worker: Role, timeout: float = 600) -> float:

@@ -42,7 +42,7 @@ does, around rebalances) are read again.
 
 Faust internals used on purpose (pinned to faust-streaming 0.15): the current-event context
 variable (``_as_of``), the table's store and changelog topic (``_commit_batch``), and a
-message's ``acked`` flag (``Applied.finish``).
+message's ``acked`` flag (``Applied.hold``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from typing import Any, Iterable
 from .codec import TOPICS, decode_events, topic_name
 from .embedded import check_event
 from .identity import IdentityGraph
-from .model import Event, Output
+from .model import Output
 from .pipeline import ClientView
 from .routing import ToPerson, client_handle, identity_handle, person_handle
 
@@ -79,7 +79,7 @@ PICKLE_CODEC = "skvoz_pickle"
 TABLES = ("clients", "graphs", "persons")
 
 def link_key(project_id: str, client_id: str, node: str) -> bytes:
-    """Table key of one identity link; the graphs table holds nothing else but APPLIED_KEYs."""
+    """Table key of one identity link: the graphs table holds these and the APPLIED_KEYs."""
     return f"{project_id}\x00{client_id}\x00{node}".encode()
 
 
@@ -474,41 +474,25 @@ class Stages:
         """A project's identity graph is rebuilt in memory from its links, and only the links
         are state: one small table key per (client, contact), so a batch writes what it added,
         never the whole graph (which grows with the project's clients)."""
-        records: list = []
-        rows = Output()
-        orders: list[ToPerson] = []
         table = self.tables["graphs"]
-        links: dict[bytes, tuple] = {}
         graphs: dict[str, IdentityGraph] = {}  # this batch's: a rebalance may drop the cache
-        for ev in batch:
-            if not await applied.admit(ev):
-                continue
-            key, value = ev.message.key, ev.message.value
-            try:
-                views = pickle.loads(value)
-                if not isinstance(views, list) or not all(isinstance(v, ClientView) and v.project_id.encode() == key for v in views):
-                    raise ValueError("not a list of ClientViews of this key's project")
-            except Exception as e:
-                records.append(self._dead(f"undecodable: {e!r}"[:500], "identity", **self._where(ev), value=value))
-                continue
-            self.counters["views"] += len(views)
-            for view in views:
-                graph = graphs.get(view.project_id)
-                if graph is None:
-                    graph = graphs[view.project_id] = self._graph(view.project_id, table)
-                try:
-                    graph, out, messages = identity_handle(graph, view)
-                except Exception as e:
-                    log.exception("identity stage failed for %r", view.client_id)
-                    records.append(self._dead(f"pipeline_error: {e!r}", "identity", **self._where(ev), value=repr(view)[:10_000]))
-                    continue
-                rows.extend(out)
-                orders.extend(messages)
-                for node in view.contacts:
-                    links[link_key(view.project_id, view.client_id, node)] = (ev, True)
-        records.extend(self._to_persons(orders))
-        records.extend(self._outputs(rows, "identity"))
-        await self._commit_batch(records, table, links, applied)
+
+        def decode(message) -> list:
+            views = pickle.loads(message.value)
+            if not isinstance(views, list) or not all(isinstance(v, ClientView) and v.project_id.encode() == message.key for v in views):
+                raise ValueError("not a list of ClientViews of this key's project")
+            return views
+
+        def step(ev, view: ClientView, changes: dict):
+            graph = graphs.get(view.project_id)
+            if graph is None:
+                graph = graphs[view.project_id] = self._graph(view.project_id, table)
+            _, out, messages = identity_handle(graph, view)
+            for node in view.contacts:
+                changes[link_key(view.project_id, view.client_id, node)] = (ev, True)
+            return out, messages
+
+        await self._list_stage(batch, applied, "identity", "views", table, decode, step)
 
     def _graph(self, project_id: str, table) -> IdentityGraph:
         graph = self.graphs.get(project_id)
@@ -527,40 +511,54 @@ class Stages:
 
     # -- 3. persons -----------------------------------------------------------------------------
     async def persons(self, batch: list, applied: Applied) -> None:
+        table = self.tables["persons"]
+
+        def decode(message) -> list:
+            received = pickle.loads(message.value)
+            if not isinstance(received, list) or not all(isinstance(m, ToPerson) for m in received):
+                raise ValueError("not a list of ToPerson")
+            if any(self.partition_of(m.key.encode()) != message.partition for m in received):
+                raise ValueError("a ToPerson for another partition")  # its state lives there
+            return received
+
+        def step(ev, msg: ToPerson, changes: dict):
+            key = msg.key.encode()
+            slot = changes[key][1] if key in changes else _get(table, key, ev)
+            slot, out, messages = person_handle(slot, msg)
+            changes[key] = (ev, slot)
+            return out, messages
+
+        await self._list_stage(batch, applied, "persons", "persons", table, decode, step)
+
+    async def _list_stage(self, batch: list, applied: Applied, stage: str, counter: str, table, decode, step) -> None:
+        """A batch of a stage whose messages are lists of items (views, person orders): decode
+        each message, ``step(event, item, changes)`` each item, then send the rows and the orders
+        for the persons topic, then ``changes`` ({table key: (event, value)}) as the state."""
         records: list = []
         rows = Output()
         orders: list[ToPerson] = []
-        table = self.tables["persons"]
-        slots: dict = {}
+        changes: dict = {}
         for ev in batch:
             if not await applied.admit(ev):
                 continue
-            value = ev.message.value
             try:
-                received = pickle.loads(value)
-                if not isinstance(received, list) or not all(isinstance(m, ToPerson) for m in received):
-                    raise ValueError("not a list of ToPerson")
-                if any(self.partition_of(m.key.encode()) != ev.message.partition for m in received):
-                    raise ValueError("a ToPerson for another partition")  # its state lives there
+                items = decode(ev.message)
             except Exception as e:
-                records.append(self._dead(f"undecodable: {e!r}"[:500], "persons", **self._where(ev), value=value))
+                records.append(self._dead(f"undecodable: {e!r}"[:500], stage, **self._where(ev), value=ev.message.value))
                 continue
-            self.counters["persons"] += len(received)
-            for msg in received:
-                key = msg.key.encode()
-                slot = slots[key][1] if key in slots else _get(table, key, ev)
+            self.counters[counter] += len(items)
+            for item in items:
                 try:
-                    slot, out, messages = person_handle(slot, msg)
-                except Exception as e:
-                    log.exception("persons stage failed for %r", key)
-                    records.append(self._dead(f"pipeline_error: {e!r}", "persons", **self._where(ev), value=repr(msg)[:10_000]))
+                    out, messages = step(ev, item, changes)
+                except Exception as e:  # a bug, not bad data: keep the evidence, keep going
+                    log.exception("%s stage failed for %s", stage, repr(item)[:200])
+                    records.append(self._dead(f"pipeline_error: {e!r}", stage, **self._where(ev), value=repr(item)[:10_000]))
                     continue
                 rows.extend(out)
                 orders.extend(messages)
-                slots[key] = (ev, slot)
         records.extend(self._to_persons(orders))
-        records.extend(self._outputs(rows, "persons"))
-        await self._commit_batch(records, table, slots, applied)
+        records.extend(self._outputs(rows, stage))
+        await self._commit_batch(records, table, changes, applied)
 
     def partition_of(self, key: bytes) -> int:
         """The partition Kafka's default partitioner picks for ``key`` (murmur2, as the Java

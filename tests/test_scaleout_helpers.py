@@ -5,6 +5,7 @@ drain check on consumer-group offsets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -313,7 +314,10 @@ async def produce_raw_async(bootstrap: str, topic: str, records: list[tuple[byte
         await producer.stop()
 
 
-async def read_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> list[bytes]:
+@contextlib.asynccontextmanager
+async def reading_from_start(bootstrap: str, topic: str, partitions: int = PARTITIONS):
+    """A group-less consumer assigned every partition of ``topic``, at the beginning; yields
+    (consumer, partitions)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -323,6 +327,13 @@ async def read_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
+        yield c, tps
+    finally:
+        await c.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> list[bytes]:
+    async with reading_from_start(bootstrap, topic, partitions) as (c, tps):
         ends = await c.end_offsets(tps)
         out: list[bytes] = []
         deadline = time.monotonic() + 30
@@ -331,8 +342,6 @@ async def read_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -
             for msgs in (await c.getmany(timeout_ms=300)).values():
                 out.extend(m.value for m in msgs)
         return out
-    finally:
-        await c.stop()
 
 
 # -- the reference: the embedded runtime over the same deliveries ------------------------------------
